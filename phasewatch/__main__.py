@@ -1,0 +1,5 @@
+import sys
+
+from phasewatch.cli import main
+
+sys.exit(main())
