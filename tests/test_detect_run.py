@@ -1,0 +1,136 @@
+"""RunDetector: the interface the monitor uses, and phase-shift behaviour on seeded runs."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from phasewatch.detect import DetectionConfig, RunDetector
+from phasewatch.events import EXECUTION, PHASE_SHIFT, PLANNING, WARMUP, DetectorReading
+from phasewatch.record import StepRecord
+from phasewatch.synthetic import generate
+
+
+def replay(run, config=None):
+    det = RunDetector(config)
+    events = []
+    phases = []
+    for rec in run.records():
+        events += det.update(rec)
+        phases.append(det.phase)
+    return det, events, phases
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_clear_shift_moves_through_the_phases_and_localises_the_onset(seed):
+    run = generate("clear_shift", seed)
+    det, events, phases = replay(run)
+    shifts = [e for e in events if e.kind == PHASE_SHIFT]
+    assert len(shifts) == 1
+    shift = shifts[0]
+    assert run.shift_onset - 5 <= shift.step <= run.shift_onset + 30
+    assert abs(shift.onset - run.shift_onset) <= 10
+    assert det.shift_step == shift.step and det.onset == shift.onset
+    assert phases[0] == WARMUP and EXECUTION in phases and phases[-1] == PLANNING
+    # once in planning, it stays there
+    first = phases.index(PLANNING)
+    assert set(phases[first:]) == {PLANNING}
+    assert shift.statistic >= shift.threshold and shift.detail["series"]
+
+
+@pytest.mark.parametrize("situation,seed", [("never_pivots", 1), ("never_pivots", 2), ("never_pivots", 5),
+                                            ("stationary", 1), ("stationary", 2)])
+def test_runs_without_a_shift_never_fire(situation, seed):
+    det, events, _ = replay(generate(situation, seed))
+    assert [e for e in events if e.kind == PHASE_SHIFT] == []
+    assert det.phase == EXECUTION and det.shift_step is None
+
+
+def test_no_execution_phase_is_detected_early():
+    run = generate("no_execution", 4)
+    _, events, _ = replay(run)
+    shift = next(e for e in events if e.kind == PHASE_SHIFT)
+    assert shift.step <= 45 and shift.onset <= 12
+
+
+def test_entropy_explosion_is_not_a_phase_shift():
+    _, events, _ = replay(generate("explosion", 3))
+    kinds = [e.kind for e in events]
+    assert "entropy_explosion" in kinds and PHASE_SHIFT not in kinds
+
+
+def test_replaying_the_same_records_gives_the_same_events():
+    run = generate("clear_shift", 6)
+    first = replay(run)[1]
+    second = replay(run)[1]
+    assert [e.to_json() for e in first] == [e.to_json() for e in second]
+
+
+def test_records_without_per_class_fields_stay_in_warmup():
+    det = RunDetector()
+    for i in range(100):
+        det.update(StepRecord(i, {"entropy": 0.3 + 0.01 * (i % 5), "reward": 0.5}))
+    assert det.phase == WARMUP and det.shift_step is None
+
+
+def test_steps_must_increase_and_records_must_be_records():
+    det = RunDetector()
+    det.update(StepRecord(5, {"entropy": 0.3}))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        det.update(StepRecord(5, {"entropy": 0.3}))
+    with pytest.raises(ValueError, match="StepRecord"):
+        det.update({"step": 6, "entropy": 0.3})
+    det.update(StepRecord(50, {"entropy": 0.3}))  # gaps are fine
+
+
+def test_readings_pair_each_statistic_with_its_threshold():
+    det, _, _ = replay(generate("clear_shift", 2))
+    readings = det.readings()
+    assert readings and all(isinstance(r, DetectorReading) for r in readings)
+    detectors = {r.detector for r in readings}
+    assert {"phase_shift_fused", "phase_shift_rise", "entropy_explosion", "entropy_collapse",
+            "level_shift"} <= detectors
+    assert {r.series for r in readings} >= {"semantic_entropy", "entropy", "entropy/execution"}
+    assert all(np.isfinite(r.statistic) and np.isfinite(r.threshold) for r in readings)
+
+
+def test_state_stays_bounded_on_a_long_run():
+    config = DetectionConfig(window=64)
+    det = RunDetector(config)
+    rng = np.random.default_rng(0)
+    for i in range(3000):
+        det.update(StepRecord(i, {"semantic_entropy": 2 + rng.normal(0, 0.05),
+                                  "entropy/planning": 0.8 + rng.normal(0, 0.02),
+                                  "entropy/execution": 0.2 + rng.normal(0, 0.01)}))
+    shift = det._shift
+    assert all(len(h) <= shift.confirm_window + 15 for h in shift.history.values())
+    assert all(len(d.standardiser.window.values) <= 64 for d in shift.rise.values())
+    assert all(len(m.window.values) <= 64 for m in det._health.values())
+
+
+def test_config_rejects_bad_values_with_the_field_name():
+    with pytest.raises(ValueError, match="window"):
+        DetectionConfig(window=8)
+    with pytest.raises(ValueError, match="vocab_size"):
+        DetectionConfig(vocab_size=1)
+    with pytest.raises(ValueError, match="collapse_ratio"):
+        DetectionConfig(collapse_ratio=1.5)
+    with pytest.raises(ValueError, match="shift_threshold"):
+        DetectionConfig(shift_threshold="high")
+    with pytest.raises(ValueError, match="config"):
+        RunDetector(config={"window": 64})
+    assert dataclasses.replace(DetectionConfig(), vocab_size=32000).vocab_size == 32000
+
+
+def test_a_pickled_detector_continues_exactly_like_the_original():
+    # the monitor keeps pickled snapshots to rebuild after late records
+    import pickle
+
+    records = list(generate("clear_shift", 2).records())
+    original = RunDetector()
+    for rec in records[:40]:
+        original.update(rec)
+    copy = pickle.loads(pickle.dumps(original))
+    rest_a = [e.to_json() for rec in records[40:] for e in original.update(rec)]
+    rest_b = [e.to_json() for rec in records[40:] for e in copy.update(rec)]
+    assert rest_a == rest_b and any(e["kind"] == PHASE_SHIFT for e in rest_a)
