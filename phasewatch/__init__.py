@@ -20,6 +20,38 @@ _EXPORTS: dict[str, str] = {
     "Decision": "phasewatch.events",
     "Observation": "phasewatch.events",
     "DetectorReading": "phasewatch.events",
+    # tokens -> labels
+    "Lexicon": "phasewatch.lexicon",
+    "PlanningLabeler": "phasewatch.labels",
+    "Span": "phasewatch.labels",
+    "BatchLabels": "phasewatch.labels",
+    # labels -> step statistics
+    "StepStats": "phasewatch.stats",
+    "TokenSums": "phasewatch.stats",
+    "token_entropy": "phasewatch.entropy",
+    "all_reduce_stats": "phasewatch.dist",
+    "broadcast_decision": "phasewatch.dist",
+    # detectors
+    "RunDetector": "phasewatch.detect",
+    "DetectionConfig": "phasewatch.detect",
+    # monitor, store, reweighting, replay
+    "Monitor": "phasewatch.monitor",
+    "Store": "phasewatch.store",
+    "ReweightSchedule": "phasewatch.reweight",
+    "hicra_advantages": "phasewatch.reweight",
+    "replay_file": "phasewatch.replay",
+    "plot_run": "phasewatch.plot",
+    # exports
+    "PrometheusExporter": "phasewatch.exporter",
+    "GrafanaAnnotator": "phasewatch.grafana",
+    "push_dashboard": "phasewatch.grafana",
+    "build_dashboard": "phasewatch.dashboard",
+    # the service and its clients
+    "MonitorClient": "phasewatch.client",
+    "InProcessClient": "phasewatch.client",
+    "ClientCounters": "phasewatch.client",
+    "client_for": "phasewatch.client",
+    "create_app": "phasewatch.server",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
