@@ -52,6 +52,10 @@ _EXPORTS: dict[str, str] = {
     "ClientCounters": "phasewatch.client",
     "client_for": "phasewatch.client",
     "create_app": "phasewatch.server",
+    # strategic-gram mining
+    "RolloutWriter": "phasewatch.grams",
+    "mine_strategic_grams": "phasewatch.grams",
+    "MiningConfig": "phasewatch.grams",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
