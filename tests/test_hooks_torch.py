@@ -1,0 +1,255 @@
+"""Watcher, the trainer-agnostic hook core, with the real labeler, stats, monitor and detector.
+
+Batches are built from real text through a tokenizer trained here, so the planning mask comes
+from the real labeler; per-token entropies are synthetic tensors whose shape over steps we
+choose (execution consolidating, then planning rising), so the real detector finds a real
+phase shift within a few dozen steps and the reweighting schedule can be checked end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import socket
+import threading
+import time
+import urllib.request
+
+import pytest
+import torch
+
+import phasewatch
+from phasewatch.events import PHASE_SHIFT
+from phasewatch.hooks.torch import PHASE_CODES, Watcher
+from phasewatch.labels import PlanningLabeler
+from phasewatch.monitor import Monitor
+from phasewatch.stats import StepStats
+from phasewatch.tiny import train_tokenizer
+
+TEXTS = [
+    "wait, let me check the sum again. so 3 + 4 = 7 and 7 * 2 = 14.",
+    "alternatively we multiply first: 2 * 7 = 14. but the answer is 14.",
+    "first compute 12 / 4 = 3. then 3 + 9 = 12. therefore x = 12.",
+    "hmm, maybe try another approach: 5 * 5 = 25, 25 - 1 = 24.",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(TEXTS * 10, vocab_size=300, kind="metaspace")
+
+
+@pytest.fixture(scope="module")
+def batch(tokenizer):
+    """(ids, mask): 8 right-padded completions of different lengths."""
+    encoded = [tokenizer(t)["input_ids"] for t in TEXTS]
+    length = max(map(len, encoded))
+    ids = torch.full((8, length), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros(8, length, dtype=torch.long)
+    for i in range(8):
+        e = encoded[i % 4]
+        ids[i, : len(e)] = torch.tensor(e)
+        mask[i, : len(e)] = 1
+    return ids, mask
+
+
+def entropies_at(step: int, planning: torch.Tensor) -> torch.Tensor:
+    """Execution entropy falls then flattens; planning entropy rises from step 25 (seeded)."""
+    execution = 0.5 + 1.5 * math.exp(-step / 8)
+    plan = 1.0 + (0.08 * (step - 25) if step > 25 else 0.0)
+    base = torch.where(planning, torch.tensor(plan), torch.tensor(execution))
+    return base + 0.03 * torch.randn(base.shape, generator=torch.Generator().manual_seed(step))
+
+
+ADVANTAGES = torch.linspace(-1.0, 1.0, 8)
+
+
+def run_steps(watch: Watcher, batch, steps, planning) -> list[tuple[int, float, str, int | None]]:
+    ids, mask = batch
+    out = []
+    for s in steps:
+        result = watch.step(ids, mask, entropies=entropies_at(s, planning), advantages=ADVANTAGES,
+                            rewards=ADVANTAGES, step=s)
+        out.append((s, result.alpha, result.decision.phase, result.decision.shift_step))
+    return out
+
+
+def test_always_reweights_exactly_the_planning_tokens(tokenizer, batch):
+    ids, mask = batch
+    watch = Watcher(phasewatch.Config(run="always", reweight="always", alpha=0.3), tokenizer, strict=True)
+    expected_mask = PlanningLabeler().label(ids, mask, tokenizer).planning_mask
+    assert expected_mask.any() and (~expected_mask & mask.bool()).any()
+    out = watch.step(ids, mask, entropies=torch.ones(ids.shape), advantages=ADVANTAGES)
+    assert torch.equal(out.planning_mask, expected_mask)
+    base = ADVANTAGES[:, None].expand(ids.shape)
+    assert out.alpha == pytest.approx(0.3)
+    assert torch.equal(out.advantages[~expected_mask], base[~expected_mask])
+    diff = (out.advantages - base)[expected_mask]
+    assert torch.allclose(diff, 0.3 * base.abs()[expected_mask])
+    watch.close()
+
+
+def test_off_leaves_advantages_identical(tokenizer, batch):
+    ids, mask = batch
+    watch = Watcher(phasewatch.Config(run="off", reweight="off"), tokenizer, strict=True)
+    out = watch.step(ids, mask, entropies=torch.ones(ids.shape), advantages=ADVANTAGES)
+    assert out.alpha == 0.0
+    assert torch.equal(out.advantages, ADVANTAGES[:, None].expand(ids.shape))
+    watch.close()
+
+
+def test_record_is_the_whole_batch_statistics_and_reaches_the_monitor(tokenizer, batch):
+    ids, mask = batch
+    monitor = Monitor()
+    watch = Watcher(phasewatch.Config(run="rec", monitor=monitor), tokenizer, strict=True)
+    labels = PlanningLabeler().label(ids, mask, tokenizer)
+    ent = entropies_at(3, labels.planning_mask)
+    logps = -ent / 2
+    # two micro-batches observed separately, then one step: must equal the whole batch at once
+    for rows in (slice(0, 3), slice(3, 8)):
+        watch.observe(ent[rows], mask[rows], labels.planning_mask[rows], logps=logps[rows],
+                      rewards=ADVANTAGES[rows], phrases=labels.phrases[rows])
+    watch.end_step(7)
+    watch.sync_decision()  # the in-process monitor works on its own thread: wait for it
+    whole = StepStats.from_batch(ent, mask, labels.planning_mask, logps=logps, rewards=ADVANTAGES,
+                                 phrases=labels.phrases).to_record(7)
+    stored = monitor.records("rec")
+    assert [r.step for r in stored] == [7]
+    assert set(stored[0].values) == set(whole.values)
+    for name, value in whole.values.items():
+        assert stored[0].values[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+    metrics = watch.metrics()
+    assert metrics["phasewatch/entropy/planning"] == pytest.approx(whole.values["entropy/planning"])
+    assert metrics["phasewatch/semantic_entropy"] == pytest.approx(whole.values["semantic_entropy"])
+    assert metrics["phasewatch/phase"] == PHASE_CODES["warmup"]
+    watch.close()
+
+
+def test_logits_give_the_same_record_as_their_entropies(tokenizer, batch):
+    ids, mask = batch
+    logits = torch.randn(*ids.shape, 50, generator=torch.Generator().manual_seed(1))
+    ent = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+    a = Watcher(phasewatch.Config(run="a"), tokenizer, strict=True)
+    b = Watcher(phasewatch.Config(run="b"), tokenizer, strict=True)
+    ra = a.step(ids, mask, logits=logits).record
+    rb = b.step(ids, mask, entropies=ent).record
+    for name in ("entropy", "entropy/planning", "entropy/execution"):
+        assert ra.values[name] == pytest.approx(rb.values[name], rel=1e-5)
+    with pytest.raises(ValueError, match="exactly one of entropies"):
+        a.step(ids, mask)
+    a.close()
+    b.close()
+
+
+def test_auto_mode_shifts_once_ramps_and_survives_a_restart(tokenizer, batch):
+    planning = PlanningLabeler().label(*batch, tokenizer).planning_mask
+    config = dict(reweight="auto", alpha=0.2, ramp_steps=5)
+    whole = Watcher(phasewatch.Config(run="whole", **config), tokenizer, strict=True)
+    uninterrupted = run_steps(whole, batch, range(70), planning)
+    shift_steps = {s for _, _, _, s in uninterrupted if s is not None}
+    assert len(shift_steps) == 1
+    shift = shift_steps.pop()
+    assert 25 < shift < 60, "the synthetic rise must be detected mid-run for this test to mean anything"
+    alphas = {s: a for s, a, _, _ in uninterrupted}
+    assert all(alphas[s] == 0.0 for s in range(shift + 1))  # nothing before the decision is known
+    assert 0.0 < alphas[shift + 1] < 0.2 and alphas[shift + 6] == pytest.approx(0.2)  # the ramp
+
+    # stop two steps into the ramp, restore into a fresh watcher with a fresh in-memory monitor
+    stop = shift + 2
+    first = Watcher(phasewatch.Config(run="split", **config), tokenizer, strict=True)
+    run_steps(first, batch, range(stop + 1), planning)
+    state = json.loads(json.dumps(first.state_dict()))
+    first.close()
+    second = Watcher(phasewatch.Config(run="split", **config), tokenizer, strict=True)
+    second.load_state_dict(state)
+    resumed = run_steps(second, batch, range(stop + 1, 70), planning)
+    assert [(s, a, p, sh) for s, a, p, sh in resumed] == [u for u in uninterrupted if u[0] > stop]
+    events = second.client.monitor.events("split")
+    assert [e.kind for e in events].count(PHASE_SHIFT) == 1  # no second shift after the restart
+    assert [e.to_json() for e in events] == [e.to_json() for e in whole.client.monitor.events("whole")]
+    whole.close()
+    second.close()
+
+
+class BrokenLabeler(PlanningLabeler):
+    def label(self, completion_ids, completion_mask, tokenizer):
+        raise RuntimeError("labeler exploded")
+
+
+def test_a_failing_labeler_fails_open_counted_and_logged_once(tokenizer, batch, caplog):
+    ids, mask = batch
+    watch = Watcher(phasewatch.Config(run="broken", reweight="always"), tokenizer, labeler=BrokenLabeler())
+    with caplog.at_level(logging.WARNING, logger="phasewatch.hooks"):
+        for step in range(3):
+            out = watch.step(ids, mask, entropies=torch.ones(ids.shape), advantages=ADVANTAGES)
+            assert torch.equal(out.advantages, ADVANTAGES[:, None].expand(ids.shape))
+            assert out.alpha == 0.0 and out.planning_mask is None
+    assert watch.failures.counts["label"] == 3
+    assert watch.metrics()["phasewatch/errors"] == 3
+    warnings = [r for r in caplog.records if "label failed" in r.getMessage()]
+    assert len(warnings) == 1 and "labeler exploded" in warnings[0].getMessage()
+    with pytest.raises(RuntimeError, match="labeler exploded"):
+        Watcher(phasewatch.Config(run="strict"), tokenizer, labeler=BrokenLabeler(), strict=True).step(
+            ids, mask, entropies=torch.ones(ids.shape))
+    watch.close()
+
+
+def test_bad_configuration_is_refused_by_name(tokenizer):
+    with pytest.raises(ValueError, match="tokenizer"):
+        Watcher(phasewatch.Config(run="x"))
+    with pytest.raises(ValueError, match="phasewatch.Config"):
+        Watcher({"reweight": "auto"}, tokenizer)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_remote_monitor_over_real_http(tokenizer, batch):
+    """A real `phasewatch serve` app (uvicorn on loopback): records arrive, decisions return."""
+    import uvicorn
+
+    from phasewatch.server import create_app
+
+    monitor = Monitor()
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(monitor), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        ids, mask = batch
+        planning = PlanningLabeler().label(ids, mask, tokenizer).planning_mask
+        watch = Watcher(phasewatch.Config(run="remote", monitor=f"http://127.0.0.1:{port}"), tokenizer, strict=True)
+        for s in range(3):
+            watch.step(ids, mask, entropies=entropies_at(s, planning), step=s)
+        assert watch.client.flush(10)
+        assert [r.step for r in monitor.records("remote")] == [0, 1, 2]
+        assert watch.client.decision.step == 2
+        watch.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_metrics_port_serves_prometheus_from_the_trainer_process(tokenizer, batch):
+    ids, mask = batch
+    watch = Watcher(phasewatch.Config(run="prom", metrics_port=0), tokenizer, strict=True)
+    for s in range(4):
+        watch.step(ids, mask, entropies=torch.ones(ids.shape), step=s)
+    url = watch._metrics_server.url
+    deadline = time.monotonic() + 5
+    while True:  # the exporter is a monitor listener on its own thread
+        body = urllib.request.urlopen(url, timeout=5).read().decode()
+        if 'phasewatch_step{run="prom"} 3.0' in body or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert 'phasewatch_step{run="prom"} 3.0' in body
+    watch.close()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=2)  # closed with the watcher
