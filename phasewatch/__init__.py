@@ -52,6 +52,11 @@ _EXPORTS: dict[str, str] = {
     "ClientCounters": "phasewatch.client",
     "client_for": "phasewatch.client",
     "create_app": "phasewatch.server",
+    # trainer hooks
+    "Watcher": "phasewatch.hooks.torch",
+    "WatchResult": "phasewatch.hooks.torch",
+    "PhaseWatchGRPOTrainer": "phasewatch.hooks.trl",
+    "PhaseWatchMixin": "phasewatch.hooks.trl",
     # strategic-gram mining
     "RolloutWriter": "phasewatch.grams",
     "mine_strategic_grams": "phasewatch.grams",

@@ -68,7 +68,9 @@ def test_verl_example_script_hands_verl_the_phasewatch_switches(tmp_path):
 def test_verl_example_overrides_build_the_phasewatch_trainer(tmp_path):
     """With verl installed: verl's own config accepts the example's lines and they select
     phasewatch's trainer with the example's settings (GPUs are needed only past this point)."""
-    pytest.importorskip("verl", reason="verl is not installed (the verl tests run in their own venv)")
+    from test_hooks_verl import require_verl
+
+    require_verl()
     import phasewatch.hooks.verl  # noqa: F401  (what VERL_USE_EXTERNAL_MODULES does)
     import verl
     from hydra import compose, initialize_config_dir
