@@ -54,6 +54,11 @@ class Config:
         process (0 picks a free port; ``None`` serves nothing).
     grafana_url / grafana_token: where to post an annotation for each phase event.
     server_token: bearer token for a remote monitor.
+
+    Every field is checked when the Config is built, and a mistake raises ``ValueError`` (a
+    missing lexicon file ``FileNotFoundError``) naming the field: a lexicon file is read, URLs
+    must be http(s), and ``store`` / ``metrics_port`` / ``grafana_url`` (in-process monitor only)
+    are refused next to a remote ``monitor`` URL, where they would be ignored.
     """
 
     run: str = field(default_factory=_default_run_id)
@@ -69,12 +74,101 @@ class Config:
     server_token: str | None = None
 
     def __post_init__(self) -> None:
+        # Every mistake here is reported now, by name: the hooks fail open, so a bad value
+        # found later would silently switch monitoring or reweighting off for the whole run.
         if self.reweight not in REWEIGHT_MODES:
             raise ValueError(f"reweight: expected one of {REWEIGHT_MODES}, got {self.reweight!r}")
-        if not (0.0 <= float(self.alpha) <= 1.0):
+        self.alpha = _number("alpha", self.alpha)
+        if not (0.0 <= self.alpha <= 1.0):
             raise ValueError(f"alpha: expected a value in [0, 1], got {self.alpha!r}")
-        if int(self.ramp_steps) < 0:
+        self.ramp_steps = _integer("ramp_steps", self.ramp_steps)
+        if self.ramp_steps < 0:
             raise ValueError(f"ramp_steps: must be >= 0, got {self.ramp_steps!r}")
         validate_run_id(self.run)
-        if self.metrics_port is not None and not (0 <= int(self.metrics_port) <= 65535):
-            raise ValueError(f"metrics_port: expected 0..65535, got {self.metrics_port!r}")
+        if self.metrics_port is not None:
+            self.metrics_port = _integer("metrics_port", self.metrics_port)
+            if not (0 <= self.metrics_port <= 65535):
+                raise ValueError(f"metrics_port: expected 0..65535, got {self.metrics_port!r}")
+        self.lexicon = _checked_lexicon(self.lexicon)
+        remote = isinstance(self.monitor, str)
+        if remote:
+            _check_url("monitor", self.monitor, "the URL of a `phasewatch serve` instance, e.g. http://127.0.0.1:8765")
+        elif self.monitor is not None and not callable(getattr(self.monitor, "observe", None)):
+            raise ValueError(
+                "monitor: expected None (in-process monitor), a URL (str) or a phasewatch.Monitor,"
+                f" got {type(self.monitor).__name__}"
+            )
+        elif self.monitor is not None and self.store is not None:
+            raise ValueError("store: the Monitor passed as monitor= has its own store (Monitor(store=...)); leave store unset")
+        if self.grafana_url is not None:
+            _check_url("grafana_url", self.grafana_url, "Grafana's base URL, e.g. http://127.0.0.1:3000")
+        if remote:
+            # these belong to the in-process monitor; with a server they would be ignored silently
+            for name, where in (
+                ("store", "the server keeps the records: `phasewatch serve --db FILE`"),
+                ("metrics_port", "Prometheus scrapes the server's /metrics"),
+                ("grafana_url", "the trainer posts no annotations when the monitor is remote"),
+            ):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: applies to the in-process monitor only, not with monitor={self.monitor!r}; {where}")
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number, got {value!r}") from None
+    if out != out:
+        raise ValueError(f"{name}: expected a number, got NaN")
+    return out
+
+
+def _integer(name: str, value: Any) -> int:
+    number = _number(name, value)
+    if number != int(number):
+        raise ValueError(f"{name}: expected a whole number, got {value!r}")
+    return int(number)
+
+
+def _check_url(name: str, value: str, what: str) -> None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name}: {value!r} is not an http(s) URL; expected {what}")
+
+
+def _checked_lexicon(value: Any) -> Any:
+    """Read and check the lexicon now (a missing file is an error at construction, not a
+    failure in the first training step). Paths and Lexicon objects are kept as given; other
+    iterables are materialised into a Lexicon (a generator could be read only once)."""
+    if value is None:
+        return None
+    from phasewatch.lexicon import Lexicon
+
+    if isinstance(value, (str, Path)):
+        Lexicon.from_file(value)  # FileNotFoundError / ValueError naming the file and line
+        return value
+    if isinstance(value, Lexicon):
+        return value
+    if isinstance(value, bytes) or not isinstance(value, Iterable):
+        raise ValueError(
+            f"lexicon: expected None (the shipped lexicon), a file path, a Lexicon or a list of phrases,"
+            f" got {type(value).__name__}"
+        )
+    try:
+        lexicon = Lexicon(value)
+    except TypeError as exc:
+        raise ValueError(f"lexicon: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"lexicon: {exc}") from None
+    if not lexicon:
+        raise ValueError("lexicon: no phrases given (an empty lexicon marks no token as planning)")
+    return lexicon

@@ -25,7 +25,7 @@ PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
 EVENT_STYLE: dict[str, dict[str, Any]] = {
     PHASE_SHIFT: {"color": "tab:purple", "linestyle": "-", "linewidth": 1.6},
     ENTROPY_EXPLOSION: {"color": "tab:red", "linestyle": "--", "linewidth": 1.2},
-    ENTROPY_COLLAPSE: {"color": "tab:blue", "linestyle": "--", "linewidth": 1.2},
+    ENTROPY_COLLAPSE: {"color": "tab:cyan", "linestyle": "--", "linewidth": 1.2},
     LEVEL_SHIFT: {"color": "tab:gray", "linestyle": ":", "linewidth": 1.0},
 }
 
@@ -65,7 +65,9 @@ def plot_run(
     panels = [(label, names) for label, names in panels if names]
     if not panels:
         raise ValueError("plot: the records carry none of the canonical fields")
-    fig = Figure(figsize=(10, 1.9 * len(panels) + 0.8))
+    # constrained layout keeps the legends (outside the panels, to their right) and the event
+    # legend (under the step axis) clear of the data and of each other
+    fig = Figure(figsize=(11, 1.9 * len(panels) + 1.0), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     last = records[-1].step
@@ -84,16 +86,20 @@ def plot_run(
             seen_kinds.add(e.kind)
         ax.set_ylabel(label, fontsize=8)
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="upper right", fontsize=7, frameon=False)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, frameon=False, borderaxespad=0.0)
     axes[-1].set_xlabel("step")
-    if seen_kinds:
+    if seen_kinds or shift_step is not None:
         from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
 
         handles = [Line2D([], [], **EVENT_STYLE.get(k, {"color": "black", "linestyle": "-."})) for k in sorted(seen_kinds)]
-        fig.legend(handles, sorted(seen_kinds), loc="upper left", ncol=len(seen_kinds), fontsize=8, frameon=False)
+        names = sorted(seen_kinds)
+        if shift_step is not None:
+            handles.append(Patch(color="tab:purple", alpha=0.15, linewidth=0))
+            names.append(f"planning phase (from step {shift_step})")
+        fig.legend(handles, names, loc="outside lower center", ncol=len(names), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.96 if (title or seen_kinds) else 1))
     if path is not None:
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)

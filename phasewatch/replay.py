@@ -3,13 +3,15 @@
 ``phasewatch replay`` answers "what would phasewatch have said about this run?" for logs a
 user already has: a CSV (including Weights & Biases "Export CSV" files), a JSON-lines file
 (phasewatch's flat form, TRL ``log_history`` rows, verl's file logger ``{"step", "data"}``
-lines), or a phasewatch store.
+lines), a JSON array of such rows or TRL's ``trainer_state.json``, or a phasewatch store.
 
 Column names differ between tools, so each column is normalised before it is matched to a
 canonical field: a W&B ``"<run name> - "`` prefix is dropped (and its ``__MIN``/``__MAX``
 companion columns ignored), then a leading ``train/``, ``data/`` and ``phasewatch/``; what
 remains is compared with the canonical names and a short table of names common trainers use
-(:data:`ALIASES`). ``--map CANONICAL=COLUMN`` overrides the guess for one field.
+(:data:`ALIASES`). ``--map CANONICAL=COLUMN`` overrides the guess for one field. When a
+trainer's own column and phasewatch's ``phasewatch/...`` column both match a field (TRL logs
+``entropy``, phasewatch's hook ``phasewatch/entropy``), phasewatch's is taken.
 """
 
 from __future__ import annotations
@@ -64,6 +66,16 @@ def normalise_column(name: str) -> str | None:
         if base.startswith(prefix):
             base = base[len(prefix):]
     return base
+
+
+def _is_phasewatch_column(name: str) -> bool:
+    """Whether a column is one phasewatch's hooks logged (``phasewatch/...``, possibly inside
+    a W&B run prefix and a ``train/`` or ``data/`` wrapper)."""
+    base = name.rsplit(" - ", 1)[-1].strip()
+    for prefix in _PREFIXES[:2]:
+        if base.startswith(prefix):
+            base = base[len(prefix):]
+    return base.startswith("phasewatch/")
 
 
 def parse_map(items: Iterable[str]) -> dict[str, str]:
@@ -122,6 +134,12 @@ def resolve_columns(columns: Sequence[str], mapping: Mapping[str, str] | None = 
         if best is None:
             continue
         if len(best[1]) > 1:
+            # a TRL run watched by phasewatch logs both TRL's "entropy" and phasewatch's
+            # "phasewatch/entropy": the same quantity, and phasewatch's own name is the canonical one
+            own = [c for c in best[1] if _is_phasewatch_column(c)]
+            if len(own) == 1:
+                best = (best[0], own)
+        if len(best[1]) > 1:
             raise ValueError(
                 f"columns {best[1]} all look like {key!r}; choose one with --map {key}=COLUMN"
             )
@@ -144,9 +162,10 @@ class ReplaySource:
 
 
 def _build_records(
-    rows: Iterable[tuple[int, Mapping[str, Any]]], columns: Mapping[str, str], where: str
+    rows: Iterable[tuple[int, Mapping[str, Any]]], columns: Mapping[str, str], where: str, unit: str = "line"
 ) -> tuple[list[StepRecord], int, int, int]:
-    """Rows (line number, raw mapping) -> sorted, de-duplicated StepRecords."""
+    """Rows (line or entry number, raw mapping) -> sorted, de-duplicated StepRecords;
+    errors name ``where`` and ``unit`` (``"line"`` in a file, ``"entry"`` in a JSON array)."""
     by_step: dict[int, StepRecord] = {}
     n_rows = skipped = duplicates = 0
     step_column = columns[STEP]
@@ -165,7 +184,7 @@ def _build_records(
                     flat[key] = value
             record = StepRecord.from_flat(flat, step=_parse_step(raw_step))
         except ValueError as exc:
-            raise ValueError(f"{where}, line {line}: {exc}") from None
+            raise ValueError(f"{where}, {unit} {line}: {exc}") from None
         if not record.values:
             skipped += 1
             continue
@@ -209,6 +228,13 @@ def read_csv(path: str | Path, mapping: Mapping[str, str] | None = None) -> Repl
         if not header:
             raise ValueError(f"{path}: empty file (expected a CSV header row)")
         header = [h.strip() for h in header]
+        if len(header) == 1:
+            for delimiter, name in ((";", "semicolon"), ("\t", "tab")):
+                if delimiter in header[0]:
+                    raise ValueError(
+                        f"{path}: the header is a single column {header[0]!r}: the file looks {name}-separated;"
+                        " phasewatch replay reads comma-separated CSV (export it with ',' as the separator)"
+                    )
         columns = resolve_columns(header, mapping)
         _need_fields(columns, header, str(path))
 
@@ -233,43 +259,86 @@ def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _json_document_rows(path: Path) -> tuple[list[Any], str] | None:
+    """The rows of a file holding one JSON document: an array of row objects, or TRL's
+    ``trainer_state.json`` (its ``log_history``). ``None`` when the file is JSON lines."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        return None  # several documents (JSON lines), or broken JSON: the line reader says which line
+    if isinstance(doc, list):
+        return doc, f"{path}"
+    if isinstance(doc, Mapping) and isinstance(doc.get("log_history"), list):
+        return doc["log_history"], f"{path}: log_history"
+    return None
+
+
 def read_jsonl(
     path: str | Path, mapping: Mapping[str, str] | None = None, run: str | None = None
 ) -> ReplaySource:
     """One JSON object per line. Nested objects are flattened with ``/`` (verl's
     ``{"step": 3, "data": {...}}`` becomes ``data/...``, then ``data/`` is stripped); a
-    ``"stats"`` object is ignored; lines of other runs are skipped when ``run`` is given."""
+    ``"stats"`` object is ignored; lines of other runs are skipped when ``run`` is given.
+    A file holding a single JSON array of such objects, or TRL's ``trainer_state.json``
+    (whose ``log_history`` holds one object per logged step), is read the same way."""
     path = Path(path)
+    objects: list[tuple[int, Any]] = []
+    where, unit = str(path), "line"
+    document = _json_document_rows(path) if path.suffix.lower() == ".json" or _first_char(path) == "[" else None
+    if document is not None:
+        rows, where = document
+        unit = "entry"
+        objects = list(enumerate(rows, start=1))
+    else:
+        with open(path, encoding="utf-8") as fh:
+            for i, text in enumerate(fh, start=1):
+                text = text.strip()
+                if not text:
+                    continue
+                try:
+                    objects.append((i, json.loads(text)))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}, line {i}: not valid JSON ({exc.msg})") from None
     lines: list[tuple[int, dict[str, Any]]] = []
     runs_seen: set[str] = set()
-    with open(path, encoding="utf-8") as fh:
-        for i, text in enumerate(fh, start=1):
-            text = text.strip()
-            if not text:
+    for i, obj in objects:
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"{where}, {unit} {i}: expected a JSON object, got {type(obj).__name__}")
+        row_run = obj.get("run")
+        if isinstance(row_run, str):
+            if run is not None and row_run != run:
                 continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}, line {i}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, Mapping):
-                raise ValueError(f"{path}, line {i}: expected a JSON object, got {type(obj).__name__}")
-            row_run = obj.get("run")
-            if isinstance(row_run, str):
-                if run is not None and row_run != run:
-                    continue
-                runs_seen.add(row_run)
-            lines.append((i, _flatten({k: v for k, v in obj.items() if k not in ("stats", "run")})))
+            runs_seen.add(row_run)
+        lines.append((i, _flatten({k: v for k, v in obj.items() if k not in ("stats", "run")})))
     if run is None and len(runs_seen) > 1:
         raise ValueError(f"{path}: lines of several runs {sorted(runs_seen)}; choose one with --run")
     if run is not None and not lines:
         raise ValueError(f"{path}: no lines for run {run!r}")
+    if run is not None and not runs_seen:
+        raise ValueError(f"{path}: --run {run!r}, but no line has a \"run\" field to select by; leave --run out")
     keys = list(dict.fromkeys(k for _, row in lines for k in row))
     if not keys:
+        if objects:
+            raise ValueError(f"{where}: no numeric fields (the objects hold only lists or are empty)")
         raise ValueError(f"{path}: empty file (expected JSON objects, one per line)")
     columns = resolve_columns(keys, mapping)
-    _need_fields(columns, keys, str(path))
-    records, n, skipped, dups = _build_records(lines, columns, str(path))
+    _need_fields(columns, keys, where)
+    records, n, skipped, dups = _build_records(lines, columns, where, unit)
     return ReplaySource(path, "jsonl", records, columns, n, skipped, dups)
+
+
+def _first_char(path: Path) -> str:
+    """The first non-blank character of a text file ('' for an empty one)."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        while True:
+            chunk = fh.read(4096)
+            if not chunk:
+                return ""
+            stripped = chunk.lstrip()
+            if stripped:
+                return stripped[0]
 
 
 def read_store(path: str | Path, run: str | None = None) -> ReplaySource:
@@ -307,18 +376,24 @@ def read_source(
         if mapping:
             raise ValueError(f"{path}: --map does not apply to a phasewatch store (its fields are canonical)")
         return read_store(path, run)
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        return read_jsonl(path, mapping, run)
-    if suffix in (".csv", ".tsv", ".txt", ""):
+    try:
+        suffix = path.suffix.lower()
+        if suffix in (".jsonl", ".ndjson", ".json"):
+            return read_jsonl(path, mapping, run)
         if suffix == ".tsv":
             raise ValueError(f"{path}: tab-separated files are not supported; export as CSV")
-        return read_csv(path, mapping)
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        first = fh.read(1)
-    if first in ("{", "["):
+        if suffix in (".csv", ".txt", "") or _first_char(path) not in ("{", "["):
+            if run is not None:
+                raise ValueError(
+                    f"{path}: --run {run!r} selects a run in a store or a JSON-lines file; a CSV holds one run"
+                )
+            return read_csv(path, mapping)
         return read_jsonl(path, mapping, run)
-    return read_csv(path, mapping)
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start});"
+            " expected a CSV, JSON-lines or phasewatch store file"
+        ) from None
 
 
 @dataclass
@@ -335,6 +410,23 @@ class ReplayResult:
     def steps(self) -> int:
         return len(self.source.records)
 
+    @property
+    def notes(self) -> list[str]:
+        """What the log lacks for a full verdict (a run logged without per-class fields stays in
+        ``warmup`` for ever, which should not read as "no shift happened")."""
+        from phasewatch.detect.config import EXECUTION_SERIES, HEALTH_SERIES, PLANNING_SERIES
+
+        present = {name for r in self.source.records for name in r.values}
+        out = []
+        if not present.intersection(PLANNING_SERIES + EXECUTION_SERIES):
+            out.append(
+                "phase detection needs per-class fields (" + ", ".join(PLANNING_SERIES + EXECUTION_SERIES)
+                + ") and this log has none, so the phase stays 'warmup'; log them with phasewatch's hooks"
+            )
+        if not present.intersection(HEALTH_SERIES):
+            out.append("health alarms need an entropy field (" + ", ".join(HEALTH_SERIES) + ") and this log has none")
+        return out
+
     def to_json(self) -> dict[str, Any]:
         return {
             "steps": self.steps,
@@ -348,6 +440,7 @@ class ReplayResult:
             "rows": self.source.rows,
             "skipped_rows": self.source.skipped_rows,
             "duplicate_steps": self.source.duplicate_steps,
+            "notes": self.notes,
         }
 
 
@@ -438,6 +531,7 @@ def format_report(result: ReplayResult) -> str:
         lines.append(f"phase: {result.phase} (no phase shift detected)")
     else:
         lines.append(f"phase: {result.phase} (shift confirmed at step {result.shift_step}; alpha now {result.alpha:g})")
+    lines.extend(f"note: {note}" for note in result.notes)
     if not result.events:
         lines.append("events: none")
     else:

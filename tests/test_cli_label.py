@@ -82,6 +82,8 @@ def test_cli_uses_a_lexicon_file_with_comments_and_hash_phrases(tmp_path: Path, 
     ("args", "stdin", "message"),
     [
         ([], b'{"id": 1}\n', 'stdin line 1: JSON object with no "text" field'),
+        # the fields it has are named: rollouts often keep the text under another key
+        ([], b'{"completion": "wait", "reward": 1}\n', "no \"text\" field (its fields: 'completion', 'reward')"),
         ([], b'ok\n{"text": 3}\n', 'stdin line 2: JSON object with "text" is int'),
         (["--lexicon", "/no/such/lexicon.txt"], b"wait\n", "lexicon file not found: /no/such/lexicon.txt"),
         ([], b"caf\xe9 wait\n", "not UTF-8"),

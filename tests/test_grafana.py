@@ -259,12 +259,36 @@ def test_cli_push(grafana, capsys, monkeypatch):
     assert "not an http(s) URL" in capsys.readouterr().err
 
 
+def test_cli_push_takes_the_password_from_the_environment(grafana, capsys, monkeypatch):
+    """A password on the command line shows in `ps`; $GRAFANA_PASSWORD keeps it out."""
+    from phasewatch.cli import main
+
+    monkeypatch.setenv("GRAFANA_PASSWORD", PASSWORD)
+    monkeypatch.delenv("GRAFANA_TOKEN", raising=False)
+    assert main(["dashboards", "push", "--url", grafana.url, "--user", USER]) == 0
+    header = grafana.posts("/api/dashboards/db")[-1]["headers"]["Authorization"]
+    assert header == "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+
+
 def test_cli_export_writes_the_dashboard(tmp_path):
     from phasewatch.cli import main
 
     out = tmp_path / "d.json"
     assert main(["dashboards", "export", "-o", str(out), "--uid", "abc"]) == 0
     assert json.loads(out.read_text()) == build_dashboard(uid="abc")
+
+
+def test_cli_export_to_an_unwritable_path_names_it(tmp_path, capsys):
+    """Before: `-o SOME_DIRECTORY` ended in an IsADirectoryError traceback."""
+    from phasewatch.cli import main
+
+    assert main(["dashboards", "export", "-o", str(tmp_path)]) == 2
+    assert f"--output {tmp_path}: cannot write (Is a directory)" in capsys.readouterr().err
+    assert main(["dashboards", "export", "-o", str(tmp_path / "missing" / "d.json")]) == 2
+    assert "cannot write (No such file or directory)" in capsys.readouterr().err
+    out = tmp_path / "d.json"
+    assert main(["dashboards", "export", "--out", str(out)]) == 0  # the spelling `grams mine` uses too
+    assert json.loads(out.read_text())["uid"] == "phasewatch"
 
 
 # -- annotations ---------------------------------------------------------------------------

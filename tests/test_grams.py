@@ -556,6 +556,30 @@ def test_cli_mine_options_and_stdout(rollouts_file, capsys):
     assert "n = 2-3" in text
 
 
+def test_cli_mine_options_speak_the_users_names(rollouts_file, capsys):
+    """Errors name the option typed, not MiningConfig's field; -o/--output work as in
+    `phasewatch dashboards export`."""
+    from phasewatch.cli import build_parser
+
+    for flag in ("-o", "--out", "--output"):
+        assert build_parser().parse_args(["grams", "mine", "r.jsonl", flag, "lex.txt"]).out == "lex.txt"
+    for args, message in ((["--top-frac", "2"], "--top-frac 2.0: must be in (0, 1]"),
+                          (["--threshold", "5"], "--threshold 5.0: a cosine distance in (0, 2]"),
+                          (["--min-df", "-1"], "--min-df -1.0: must be a fraction")):
+        assert cli_main(["grams", "mine", str(rollouts_file), "--embedder", "hashing", "--quiet", *args]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_cli_mine_into_a_closed_pipe_is_not_an_error(rollouts_file, monkeypatch):
+    """`phasewatch grams mine ROLLOUTS | head`: before, a BrokenPipeError traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "w") as closed_pipe:
+        monkeypatch.setattr(sys, "stdout", closed_pipe)
+        assert cli_main(["grams", "mine", str(rollouts_file), "--embedder", "hashing", "--quiet"]) == 0
+        monkeypatch.undo()
+
+
 def test_cli_mine_reports_errors(rollouts_file, tmp_path, capsys):
     assert cli_main(["grams", "mine", str(rollouts_file), "--embedder", "hashing", "--min-reward", "5", "--quiet"]) == 2
     assert "only 0 successful rollouts" in capsys.readouterr().err

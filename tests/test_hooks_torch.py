@@ -202,6 +202,31 @@ def test_bad_configuration_is_refused_by_name(tokenizer):
         Watcher({"reweight": "auto"}, tokenizer)
 
 
+def test_a_tokenizer_that_cannot_decode_is_refused_at_construction():
+    # before: accepted, then every step's labeling failed (counted, logged once): a run with no
+    # planning tokens at all
+    with pytest.raises(ValueError, match=r"tokenizer: a dict has no decode\(\)"):
+        Watcher(phasewatch.Config(run="x"), {"input_ids": [1, 2]})
+
+
+def test_a_failing_exporter_does_not_cost_the_run_its_monitor(tokenizer, batch, caplog):
+    """The Grafana annotator cannot be built (a URL changed after the Config checked it): that
+    listener is lost, counted and logged; the in-process monitor and reweighting carry on."""
+    ids, mask = batch
+    config = phasewatch.Config(run="listener", reweight="always")
+    config.grafana_url = "grafana:3000"  # no scheme: GrafanaAnnotator refuses it
+    with caplog.at_level(logging.WARNING, logger="phasewatch.hooks"):
+        watch = Watcher(config, tokenizer)
+        results = [watch.step(ids, mask, entropies=torch.ones(ids.shape), advantages=ADVANTAGES, step=s)
+                   for s in range(3)]
+    assert watch.failures.counts == {"annotations": 1}
+    assert watch.client is not None and watch.client.flush(10)
+    assert [r.step for r in watch.client.monitor.records("listener")] == [0, 1, 2]
+    assert results[-1].alpha == pytest.approx(0.2)  # reweighting still follows the schedule
+    assert sum("annotations failed" in r.getMessage() for r in caplog.records) == 1
+    watch.close()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

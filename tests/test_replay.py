@@ -6,13 +6,19 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import sys
+from pathlib import Path
 
 import pytest
 
 from phasewatch.cli import main
-from phasewatch.events import ENTROPY_EXPLOSION
+from phasewatch.events import ENTROPY_EXPLOSION, Event
 from phasewatch.monitor import Monitor
+from phasewatch.plot import plot_run
 from phasewatch.replay import (
+    ReplaySource,
+    format_report,
     normalise_column,
     read_csv,
     read_jsonl,
@@ -222,3 +228,110 @@ def test_progress_bar_for_long_files(tmp_path, capsys):
     assert "replay" in capsys.readouterr().err
     replay(read_csv(path))  # short file: no bar by default
     assert capsys.readouterr().err == ""
+
+
+# -- found by using phasewatch as a user would (qa) ------------------------------------------
+
+NO_ENTROPY_LOG = "rl-logs/reasoning-from-scratch/ch06_rlvr_grpo_original_no_kl_metrics.csv"
+
+
+def test_phasewatch_column_wins_a_tie_with_the_trainers_own(tmp_path):
+    """A TRL run watched by phasewatch logs TRL's "entropy" and phasewatch's "phasewatch/entropy";
+    replaying its log (or its W&B export) used to stop with "all look like 'entropy'"."""
+    path = tmp_path / "trl.jsonl"
+    path.write_text("".join(
+        json.dumps({"step": s, "entropy": 5.0, "phasewatch/entropy": 4.0, "phasewatch/entropy/planning": 3.0}) + "\n"
+        for s in (1, 2)
+    ))
+    source = read_source(path)
+    assert source.columns["entropy"] == "phasewatch/entropy"
+    assert source.records[0].values == {"entropy": 4.0, "entropy/planning": 3.0}
+    wandb = ["Step", "run-a - train/entropy", "run-a - train/phasewatch/entropy", "run-a - train/phasewatch/entropy__MIN"]
+    assert resolve_columns(wandb)["entropy"] == "run-a - train/phasewatch/entropy"
+    # two runs that both carry phasewatch's column stay ambiguous
+    with pytest.raises(ValueError, match=r"--map entropy=COLUMN"):
+        resolve_columns(["Step", "a - train/phasewatch/entropy", "b - train/phasewatch/entropy", "a - train/entropy"])
+
+
+def test_trl_trainer_state_and_json_arrays_are_read(tmp_path):
+    rows = [{"step": s, "entropy": 1.0 + s, "reward": 0.5, "phasewatch/entropy/planning": 2.0 + s} for s in (1, 2, 3)]
+    # TRL's trainer_state.json: the per-step rows are its log_history; the last row is the summary
+    state = {"global_step": 3, "best_metric": None,
+             "log_history": rows + [{"step": 3, "train_runtime": 5.3, "train_loss": 0.1, "epoch": 0.1}]}
+    (tmp_path / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    source = read_source(tmp_path / "trainer_state.json")
+    assert [r.step for r in source.records] == [1, 2, 3]
+    assert source.records[0].values == {"entropy": 2.0, "entropy/planning": 3.0, "reward": 0.5}
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    assert read_source(tmp_path / "rows.json").records == source.records
+    (tmp_path / "lines.json").write_text("".join(json.dumps(r) + "\n" for r in rows))  # JSON lines named .json
+    assert read_source(tmp_path / "lines.json").records == source.records
+    (tmp_path / "bad.json").write_text(json.dumps([rows[0], {"step": 2, "entropy": "high"}]))
+    with pytest.raises(ValueError, match=r"bad.json, entry 2: field 'entropy'"):
+        read_source(tmp_path / "bad.json")
+
+
+def test_unreadable_files_are_errors_that_name_the_file(tmp_path):
+    binary = tmp_path / "export.csv"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(ValueError, match=r"export.csv: not UTF-8 text \(byte 0x89 at offset 0\)"):
+        read_source(binary)
+    semicolons = tmp_path / "excel.csv"
+    semicolons.write_text("step;entropy\n1;0,5\n")
+    with pytest.raises(ValueError, match="looks semicolon-separated"):
+        read_source(semicolons)
+
+
+def test_run_is_refused_where_it_selects_nothing(tmp_path):
+    csv_path = tmp_path / "m.csv"
+    _write_csv(csv_path, ["step", "entropy"], [["1", "0.5"]])
+    with pytest.raises(ValueError, match="a CSV holds one run"):
+        read_source(csv_path, run="grpo-1")
+    lines = tmp_path / "m.jsonl"
+    lines.write_text('{"step": 1, "entropy": 0.5}\n')
+    with pytest.raises(ValueError, match=r"no line has a \"run\" field"):
+        read_source(lines, run="grpo-1")
+
+
+def test_report_says_why_the_phase_stays_warmup():
+    no_entropy = replay(read_csv(shared_path(NO_ENTROPY_LOG)))
+    assert len(no_entropy.notes) == 2
+    report = format_report(no_entropy)
+    assert "note: phase detection needs per-class fields" in report
+    assert "note: health alarms need an entropy field" in report
+    total_only = replay(read_csv(shared_path(KL_LOG)))
+    assert [n.split(" (")[0] for n in total_only.notes] == ["phase detection needs per-class fields"]
+    assert total_only.to_json()["notes"] == total_only.notes
+    per_class = replay(ReplaySource(Path("synthetic"), "jsonl", list(generate("clear_shift", 0).records())[:30]))
+    assert per_class.notes == [] and "note:" not in format_report(per_class)
+
+
+def test_plot_legends_keep_clear_of_the_title_and_the_data():
+    """Before: the event legend sat on the title, and each panel's legend on its own lines."""
+    records = read_csv(shared_path(KL_LOG)).records
+    events = [Event(kind, step, step - 2, "entropy", "health", 1.0, 0.5)
+              for kind, step in (("level_shift", 150), ("entropy_explosion", 160), ("entropy_collapse", 400))]
+    fig = plot_run(records, events, shift_step=300, title="7_5_plus_kl_metrics.csv: phase warmup")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(renderer)
+    (event_legend,) = fig.legends
+    legend_box = event_legend.get_window_extent(renderer)
+    assert not title.overlaps(legend_box)
+    assert [t.get_text() for t in event_legend.get_texts()] == [
+        "entropy_collapse", "entropy_explosion", "level_shift", "planning phase (from step 300)"]
+    for ax in fig.axes:
+        assert not legend_box.overlaps(ax.get_window_extent(renderer))
+        panel_legend = ax.get_legend().get_window_extent(renderer)
+        assert panel_legend.x0 >= ax.get_window_extent(renderer).x1  # beside the panel, not on the lines
+
+
+def test_cli_output_into_a_closed_pipe_is_not_an_error(tmp_path, monkeypatch, capsys):
+    """`phasewatch replay ... | head -1`: the reader leaves, the command must not end in a traceback."""
+    for extra in (["--json"], []):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        with os.fdopen(write_end, "w") as closed_pipe:
+            monkeypatch.setattr(sys, "stdout", closed_pipe)
+            assert main(["replay", str(shared_path(KL_LOG)), *extra]) == 0
+            monkeypatch.undo()

@@ -4,7 +4,8 @@
     phasewatch dashboards push --url http://127.0.0.1:3000 --user admin --password admin
     phasewatch dashboards export -o phasewatch.json
 
-The token may also come from ``$GRAFANA_TOKEN`` (keeps it out of shell history and ``ps``).
+The token may also come from ``$GRAFANA_TOKEN``, the password from ``$GRAFANA_PASSWORD`` (keeps
+them out of shell history and ``ps``).
 Cheap to import: Grafana and Prometheus libraries are imported inside the handlers.
 """
 
@@ -28,12 +29,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="create or update the dashboard in a Grafana instance",
         description="Create the phasewatch dashboard in Grafana, or update it in place when a dashboard "
         "with the same uid exists. Authenticate with a service-account token (--token or $GRAFANA_TOKEN) "
-        "or with --user and --password.",
+        "or with --user and --password (or $GRAFANA_PASSWORD).",
     )
     push.add_argument("--url", required=True, help="Grafana base URL, e.g. http://127.0.0.1:3000")
     push.add_argument("--token", default=None, help="service-account token (default: $GRAFANA_TOKEN)")
     push.add_argument("--user", default=None, help="user for basic authentication")
-    push.add_argument("--password", default=None, help="password for basic authentication")
+    push.add_argument(
+        "--password",
+        default=None,
+        help="password for basic authentication (default: $GRAFANA_PASSWORD; on the command line it shows in `ps`)",
+    )
     push.add_argument("--folder-uid", default=None, help="folder to save the dashboard in (default: keep / root)")
     push.add_argument(
         "--datasource-uid",
@@ -45,7 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     push.set_defaults(func=_push)
 
     export = sub.add_parser("export", help="write the dashboard JSON model", description="Write the dashboard JSON.")
-    export.add_argument("-o", "--output", default="-", help="file to write (default: standard output)")
+    export.add_argument(
+        "-o", "--output", "--out", dest="output", metavar="FILE", default="-", help="file to write (default: standard output)"
+    )
     export.add_argument("--uid", default=None, help="dashboard uid (default: phasewatch)")
     export.add_argument("--datasource-uid", default=None, help="default uid of the $datasource variable")
     export.set_defaults(func=_export)
@@ -67,14 +74,17 @@ def _push(args: argparse.Namespace) -> int:
     from phasewatch.grafana import GrafanaError, push_dashboard
 
     token = args.token
-    if token is None and not (args.user or args.password):
+    password = args.password
+    if password is None and args.user:
+        password = os.environ.get("GRAFANA_PASSWORD") or None
+    if token is None and not (args.user or password):
         token = os.environ.get("GRAFANA_TOKEN") or None
     try:
         result = push_dashboard(
             args.url,
             token=token,
             user=args.user,
-            password=args.password,
+            password=password,
             dashboard=build_dashboard(**_model_kwargs(args)),
             folder_uid=args.folder_uid,
             timeout=args.timeout,
@@ -93,7 +103,10 @@ def _export(args: argparse.Namespace) -> int:
     if args.output == "-":
         sys.stdout.write(text)
     else:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        try:
+            with open(args.output, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as exc:
+            raise ValueError(f"--output {args.output}: cannot write ({exc.strerror or exc})") from None
         print(f"wrote {args.output}", file=sys.stderr)
     return 0

@@ -44,11 +44,13 @@ def register(subparsers: Any) -> None:
         ),
     )
     mine.add_argument("rollouts", metavar="ROLLOUTS", help="rollouts file (.jsonl or .jsonl.gz)")
-    mine.add_argument("--out", metavar="FILE", default=None, help="lexicon file to write (default: stdout)")
-    mine.add_argument("--top-frac", type=float, default=0.2, help="share of clusters kept, best first (default 0.2)")
-    mine.add_argument("--n", type=parse_sizes, default=(3, 5), metavar="N-M", help="n-gram sizes in words (default 3-5)")
     mine.add_argument(
-        "--min-reward", type=float, default=1.0, help="a rollout is successful when reward >= this (default 1.0)"
+        "-o", "--out", "--output", dest="out", metavar="FILE", default=None, help="lexicon file to write (default: stdout)"
+    )
+    mine.add_argument("--top-frac", type=float, default=0.2, help="share of clusters kept, best first (default: 0.2)")
+    mine.add_argument("--n", type=parse_sizes, default=(3, 5), metavar="N-M", help="n-gram sizes in words (default: 3-5)")
+    mine.add_argument(
+        "--min-reward", type=float, default=1.0, help="a rollout is successful when reward >= this (default: 1.0)"
     )
     mine.add_argument(
         "--embedder",
@@ -56,26 +58,26 @@ def register(subparsers: Any) -> None:
         help="minilm (default; needs phasewatch[grams]), hashing (no download, lexical only), or MODULE:ATTR",
     )
     mine.add_argument(
-        "--min-df", type=float, default=0.01, help="a candidate is in at least this share of rollouts (default 0.01)"
+        "--min-df", type=float, default=0.01, help="a candidate is in at least this share of rollouts (default: 0.01)"
     )
     mine.add_argument(
         "--max-per-doc",
         type=float,
         default=2.0,
-        help="...and at most this many times per rollout that has it, on average (default 2)",
+        help="...and at most this many times per rollout that has it, on average (default: 2)",
     )
     mine.add_argument(
         "--min-groups",
         type=int,
         default=3,
-        help="...and in rollouts of at least this many groups (prompts), when rollouts carry a group (default 3)",
+        help="...and in rollouts of at least this many groups (prompts), when rollouts carry a group (default: 3)",
     )
-    mine.add_argument("--max-candidates", type=int, default=4000, help="at most this many phrases embedded (default 4000)")
+    mine.add_argument("--max-candidates", type=int, default=4000, help="at most this many phrases embedded (default: 4000)")
     mine.add_argument(
         "--threshold", type=float, default=None, help="cosine distance cut for clustering (default: the embedder's own)"
     )
     mine.add_argument(
-        "--min-successful", type=int, default=20, help="fewer successful rollouts than this is an error (default 20)"
+        "--min-successful", type=int, default=20, help="fewer successful rollouts than this is an error (default: 20)"
     )
     mine.add_argument("--json", action="store_true", help="print a JSON summary on stdout (needs --out)")
     mine.add_argument("--quiet", action="store_true", help="no progress bars or summary on stderr")
@@ -88,13 +90,21 @@ def _help(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def run_mine(args: argparse.Namespace) -> int:
-    from phasewatch.grams.mine import MiningConfig, mine_strategic_grams
-    from phasewatch.grams.rollouts import iter_rollouts
+#: MiningConfig field -> the option that sets it (errors name what the user typed)
+OPTION_OF_FIELD = {
+    "top_frac": "--top-frac",
+    "min_reward": "--min-reward",
+    "min_df": "--min-df",
+    "max_per_doc": "--max-per-doc",
+    "min_groups": "--min-groups",
+    "max_candidates": "--max-candidates",
+    "distance_threshold": "--threshold",
+    "min_successful": "--min-successful",
+}
 
-    if args.json and args.out is None:
-        raise ValueError("--json prints the summary on stdout, so the lexicon needs --out FILE")
-    config = MiningConfig(
+
+def mining_config(args: argparse.Namespace, config_class: Any) -> Any:
+    return config_class(
         n_min=args.n[0],
         n_max=args.n[1],
         top_frac=args.top_frac,
@@ -106,6 +116,27 @@ def run_mine(args: argparse.Namespace) -> int:
         max_candidates=args.max_candidates,
         distance_threshold=args.threshold,
     )
+
+
+def option_message(message: str) -> str:
+    """``"top_frac=2.0: must be in (0, 1]"`` -> ``"--top-frac 2.0: must be in (0, 1]"``."""
+    field, sep, rest = message.partition("=")
+    if sep and field in OPTION_OF_FIELD:
+        return f"{OPTION_OF_FIELD[field]} {rest}"
+    return message
+
+
+def run_mine(args: argparse.Namespace) -> int:
+    from phasewatch.cli.replay import write_stdout
+    from phasewatch.grams.mine import MiningConfig, mine_strategic_grams
+    from phasewatch.grams.rollouts import iter_rollouts
+
+    if args.json and args.out is None:
+        raise ValueError("--json prints the summary on stdout, so the lexicon needs --out FILE")
+    try:
+        config = mining_config(args, MiningConfig)
+    except ValueError as exc:
+        raise ValueError(option_message(str(exc))) from None
     progress = not args.quiet
     if progress:
         print(f"phasewatch grams mine: reading {args.rollouts}", file=sys.stderr)
@@ -115,8 +146,7 @@ def run_mine(args: argparse.Namespace) -> int:
     )
     text = result.to_text()
     if args.out is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        write_stdout(text)
     else:
         try:
             with open(args.out, "w", encoding="utf-8") as handle:
@@ -135,5 +165,5 @@ def run_mine(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.json:
-        print(json.dumps(result.summary(), indent=1))
+        write_stdout(json.dumps(result.summary(), indent=1) + "\n")
     return 0

@@ -48,7 +48,11 @@ def text_of_line(line: str, lineno: int) -> str:
         if isinstance(value, dict):
             text = value.get("text")
             if not isinstance(text, str):
-                found = "no \"text\" field" if "text" not in value else f"\"text\" is {type(text).__name__}, not a string"
+                if "text" in value:
+                    found = f"\"text\" is {type(text).__name__}, not a string"
+                else:  # name what the object has: rollouts often keep the text under another key
+                    keys = ", ".join(repr(k) for k in list(value)[:8]) + (", ..." if len(value) > 8 else "")
+                    found = f"no \"text\" field (its fields: {keys or 'none'})"
                 raise ValueError(f"stdin line {lineno}: JSON object with {found}")
             return text
     return line

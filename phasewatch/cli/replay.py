@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -16,13 +17,15 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
         help="detect phases and events in a logged run (CSV, W&B export, JSON lines, store)",
         description=(
             "Read per-step metrics from a CSV (including Weights & Biases 'Export CSV' files),"
-            " a JSON-lines file or a phasewatch store, feed them to the monitor, and report the"
+            " a JSON-lines file, TRL's trainer_state.json or a phasewatch store, feed them to the monitor, and report the"
             " phase and every event. Canonical fields: step, entropy/planning, entropy/execution,"
             " semantic_entropy, entropy, nll/planning, nll/execution, planning_frac, reward,"
             " response_length."
         ),
     )
-    parser.add_argument("file", metavar="FILE", help="CSV, JSON-lines (.jsonl) or phasewatch store (.db)")
+    parser.add_argument(
+        "file", metavar="FILE", help="CSV, JSON-lines (.jsonl), TRL trainer_state.json or phasewatch store (.db)"
+    )
     parser.add_argument(
         "--map",
         action="append",
@@ -59,10 +62,18 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ValueError(f"--plot {args.plot}: cannot write ({exc.strerror or exc})") from None
     if args.json:
-        json.dump(result.to_json(), sys.stdout, indent=2, allow_nan=False)
-        sys.stdout.write("\n")
+        text = json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n"
     else:
-        print(format_report(result))
-        if args.plot:
-            print(f"plot: {args.plot}")
+        text = format_report(result) + "\n" + (f"plot: {args.plot}\n" if args.plot else "")
+    return write_stdout(text)
+
+
+def write_stdout(text: str) -> int:
+    """Write the command's output; a reader that stops early (``| head``) is not an error."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # point stdout at /dev/null so the interpreter's final flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

@@ -166,6 +166,12 @@ class Watcher:
             raise ValueError(f"config: expected a phasewatch.Config, got {type(config).__name__}")
         if tokenizer is None:
             raise ValueError("tokenizer: required (the tokenizer that produced the completion ids)")
+        if labeler is None and not callable(getattr(tokenizer, "decode", None)):
+            # caught now rather than as a labeling failure on every step of the run
+            raise ValueError(
+                f"tokenizer: a {type(tokenizer).__name__} has no decode(); pass the tokenizer that produced"
+                " the completion ids (for a multimodal processor, its .tokenizer)"
+            )
         self.config = config
         self.tokenizer = tokenizer
         self.labeler = labeler if labeler is not None else PlanningLabeler(config.lexicon)
@@ -254,7 +260,12 @@ class Watcher:
         return getattr(self._client, "monitor", None) is not None
 
     def _attach_listeners(self, monitor: Any) -> None:
-        """Prometheus and Grafana for an in-process monitor (a remote one has its own)."""
+        """Prometheus and Grafana for an in-process monitor (a remote one has its own). Each
+        fails open on its own: a broken exporter must not cost the run its monitor."""
+        self.failures.call("metrics", self._attach_prometheus, monitor)
+        self.failures.call("annotations", self._attach_grafana, monitor)
+
+    def _attach_prometheus(self, monitor: Any) -> None:
         if self.config.metrics_port is not None:
             from phasewatch.exporter import PrometheusExporter
 
@@ -263,6 +274,8 @@ class Watcher:
             self._listeners.append(exporter)
             self._metrics_server = exporter.serve(port=int(self.config.metrics_port))
             log.info("phasewatch: Prometheus metrics at %s", getattr(self._metrics_server, "url", "?"))
+
+    def _attach_grafana(self, monitor: Any) -> None:
         if self.config.grafana_url:
             from phasewatch.grafana import GrafanaAnnotator
 
