@@ -10,11 +10,27 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
-from typing import Sequence
+from typing import Iterator, Sequence
 
 # Order is the order shown in ``phasewatch --help``.
 _COMMANDS = ("demo", "label", "replay", "serve", "dashboards", "grams")
+
+_EXIT_STATUSES = """exit status:
+  0    success
+  1    a remote service failed (e.g. Grafana refused a dashboard push)
+  2    bad input or usage (the message names the problem)
+  130  interrupted (Ctrl-C)"""
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """The parser and every (sub-)subcommand parser below it."""
+    yield parser
+    for action in parser._actions:  # argparse keeps subparsers here; no public accessor exists
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from _all_parsers(child)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,30 +39,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phasewatch",
         description="Watch RL fine-tuning for the execution-to-planning shift.",
+        epilog=_EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"phasewatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMANDS:
-        spec = importlib.util.find_spec(f"phasewatch.cli.{name}")
-        if spec is None:  # command not built yet
+        if importlib.util.find_spec(f"phasewatch.cli.{name}") is None:  # TEMP until demo lands
             continue
         importlib.import_module(f"phasewatch.cli.{name}").register(sub)
+    # Each parser records itself, so errors found after parsing (unknown options, bad values)
+    # are reported with the usage line and name of the deepest command the user typed.
+    for each in _all_parsers(parser):
+        each.set_defaults(_command_parser=each)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    command_parser: argparse.ArgumentParser = getattr(args, "_command_parser", parser)
+    if extras:
+        command_parser.error(f"unrecognized arguments: {' '.join(extras)}")
     func = getattr(args, "func", None)
     if func is None:
-        parser.print_help()
+        command_parser.print_help()
         return 2
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"phasewatch {args.command}: error: {exc}", file=sys.stderr)
+    except BrokenPipeError:
+        # The reader went away (``phasewatch replay ... | head``): not an error. Point stdout
+        # at devnull so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (ValueError, OSError) as exc:
+        print(f"{command_parser.prog}: error: {exc}", file=sys.stderr)
         return 2
 
 
