@@ -97,6 +97,46 @@ class MetricsServer:
         self.close()
 
 
+def _new_registry() -> CollectorRegistry:
+    """A registry that also runs collectors without metric names on filtered scrapes
+    (``/metrics?name[]=...``), so those publish the noted gauges too (where prometheus_client
+    supports collectors without names)."""
+    try:
+        return CollectorRegistry(auto_describe=True, support_collectors_without_names=True)
+    except TypeError:  # an older prometheus_client: filtered scrapes show the last full one
+        return CollectorRegistry(auto_describe=True)
+
+
+class _PendingRun:
+    """What the exporter noted for one run since the registry was last collected."""
+
+    __slots__ = ("received_at", "duplicates", "ingested", "latest", "readings", "values")
+
+    def __init__(self) -> None:
+        self.received_at = 0.0
+        self.duplicates = 0
+        self.ingested = 0
+        self.latest: Observation | None = None  # the latest new (non-duplicate) observation
+        self.readings: dict[tuple[str, str], tuple[float, float]] = {}  # newest per (detector, series)
+        self.values: Any = None  # the record of the latest in-order observation
+
+
+class _PublishPending:
+    """A collector without metrics of its own: registered first in the exporter's registry,
+    its collection publishes the gauge values noted since the last one, so every
+    ``registry.collect()`` (a scrape, ``generate_latest``, ``get_sample_value``) sees them."""
+
+    def __init__(self, exporter: "PrometheusExporter") -> None:
+        self._exporter = exporter
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> list:
+        self._exporter._apply_pending()
+        return []
+
+
 class PrometheusExporter:
     """Monitor listener that turns each :class:`~phasewatch.events.Observation` into metrics.
 
@@ -109,13 +149,17 @@ class PrometheusExporter:
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.registry = registry if registry is not None else _new_registry()
         self._lock = threading.Lock()
         self._runs: set[str] = set()
         # run -> {(metric, labelvalues)} of every child created, so forget_run can remove them
         # (metric, labelvalues) -> child, for every series created; labels() is comparatively slow
         self._series: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._last_event: dict[tuple[str, str], int] = {}
+        self._pending: dict[str, _PendingRun] = {}  # run -> gauge state noted since the last collection
+        self._apply_lock = threading.Lock()  # one publisher at a time, so an older state never wins
+        # registered before every metric, so a collection publishes the noted state first
+        self.registry.register(_PublishPending(self))
         r = self.registry
         run, cls = ["run"], ["run", "token_class"]
         det = ["run", "detector", "series"]
@@ -230,32 +274,70 @@ class PrometheusExporter:
     # -- listener ------------------------------------------------------------------------
 
     def __call__(self, observation: Observation) -> None:
-        """Update the run's metrics from one monitor observation."""
+        """Take in one monitor observation.
+
+        Counters, the latency histogram and events are updated at once; the gauges (the
+        latest values of the run) are only noted here and published when the registry is
+        collected (a scrape, :meth:`render`, ``get_sample_value``). A scrape every few seconds
+        then costs one gauge update per run, not ~40 per record: under ``phasewatch serve``
+        load that is most of the exporter's cost. What a scrape shows is exactly what
+        updating every gauge on every observation would have shown."""
         run = observation.run
-        self._ensure_run(run)
+        if run not in self._runs:
+            self._ensure_run(run)
         self._child(self.update_latency, (run,)).observe(max(0.0, float(observation.latency_s)))
-        self._set(self.last_record_time, (run,), time.time())
         for event in observation.decision.events:
             self._child(self.events, (run, event.kind)).inc()
             with self._lock:
                 latest = max(event.step, self._last_event.get((run, event.kind), event.step))
                 self._last_event[(run, event.kind)] = latest
             self._set(self.last_event_step, (run, event.kind), latest)
-        if observation.duplicate:
-            self._child(self.records_duplicate, (run,)).inc()
+        now = time.time()
+        with self._lock:
+            pending = self._pending.get(run)
+            if pending is None:
+                pending = self._pending[run] = _PendingRun()
+            pending.received_at = now
+            if observation.duplicate:
+                pending.duplicates += 1
+                return
+            pending.ingested += 1
+            pending.latest = observation
+            readings = pending.readings
+            for reading in observation.readings:
+                readings[(reading.detector, reading.series)] = (reading.statistic, reading.threshold)
+            if observation.record.step >= observation.decision.step:
+                pending.values = observation.record
+            # else a late record: the gauges keep the later step's values
+
+    def _apply_pending(self) -> None:
+        """Publish what :meth:`__call__` noted since the last collection (called first on
+        every collection of the registry, and before anything else writes gauges)."""
+        with self._apply_lock:
+            with self._lock:
+                pending, self._pending = self._pending, {}
+            for run, p in pending.items():
+                self._apply_run(run, p)
+
+    def _apply_run(self, run: str, p: "_PendingRun") -> None:
+        self._set(self.last_record_time, (run,), p.received_at)
+        if p.duplicates:
+            self._child(self.records_duplicate, (run,)).inc(p.duplicates)
+        if p.ingested:
+            self._child(self.records_ingested, (run,)).inc(p.ingested)
+        if p.latest is not None:
+            record, decision = p.latest.record, p.latest.decision
+            self._set(self.step, (run,), max(decision.step, record.step))
+            self._set(self.phase, (run,), PHASE_CODES.get(decision.phase, UNKNOWN_PHASE_CODE))
+            self._set(self.alpha, (run,), decision.alpha)
+            self._set_or_clear(self.shift_step, (run,), decision.shift_step)
+        for (detector, series), (statistic, threshold) in p.readings.items():
+            key = (run, detector, series)
+            self._set(self.detector_statistic, key, statistic)
+            self._set(self.detector_threshold, key, threshold)
+        record = p.values
+        if record is None:
             return
-        self._child(self.records_ingested, (run,)).inc()
-        record, decision = observation.record, observation.decision
-        self._set(self.step, (run,), max(decision.step, record.step))
-        self._set(self.phase, (run,), PHASE_CODES.get(decision.phase, UNKNOWN_PHASE_CODE))
-        self._set(self.alpha, (run,), decision.alpha)
-        self._set_or_clear(self.shift_step, (run,), decision.shift_step)
-        for reading in observation.readings:
-            key = (run, reading.detector, reading.series)
-            self._set(self.detector_statistic, key, reading.statistic)
-            self._set(self.detector_threshold, key, reading.threshold)
-        if record.step < decision.step:
-            return  # a late record: the gauges already show a later step's values
         for name, token_class in ENTROPY_FIELDS.items():
             self._set_or_clear(self.token_entropy, (run, token_class), record.get(name))
         for name, token_class in NLL_FIELDS.items():
@@ -277,6 +359,7 @@ class PrometheusExporter:
         record. Reading a restored run makes the monitor rebuild its detector from the store,
         so call this off the request path. Returns the number of runs published.
         """
+        self._apply_pending()
         published = 0
         for run in monitor.runs() if runs is None else runs:
             decision = monitor.decision(run)
@@ -317,7 +400,8 @@ class PrometheusExporter:
 
     def forget_run(self, run: str) -> None:
         """Remove every series of ``run`` (for long-lived servers that retire old runs)."""
-        with self._lock:
+        with self._apply_lock, self._lock:
+            self._pending.pop(run, None)
             self._runs.discard(run)
             children = [key for key in self._series if key[1][0] == run]
             for key in children:

@@ -195,14 +195,17 @@ class StepsParser:
     def parse_record(self, item: Any, run: str, prefix: str = "") -> StepRecord:
         if not isinstance(item, Mapping):
             raise PayloadError(prefix or "body", f"expected a JSON object, got {_json_type(item)}")
-        if not is_plain_flat_record(item):  # the common case skips the (slower) full validator
-            self._check(self._record_validator, item, prefix)
+        if is_plain_flat_record(item):  # the common case skips the (slower) full validator
+            return _plain_record(item, prefix)
+        self._check(self._record_validator, item, prefix)
         if "run" in item and item["run"] != run:
             raise PayloadError(_location(prefix, ["run"]), f"{item['run']!r} does not match the URL's run {run!r}")
         step = int(item["step"])
         flat = {k: v for k, v in item.items() if k not in ("stats", "run")}
         try:
             record = StepRecord.from_flat(flat)
+        except OverflowError:
+            raise PayloadError(_overflowing_field(flat, prefix), "number too large for a 64-bit float") from None
         except ValueError as exc:  # the schema should have caught it; keep the message anyway
             raise PayloadError(prefix or "body", str(exc)) from None
         stats = item.get("stats")
@@ -270,6 +273,33 @@ def is_plain_flat_record(item: Mapping[str, Any]) -> bool:
     return True
 
 
+def _plain_record(item: Mapping[str, Any], prefix: str) -> StepRecord:
+    """The record of an item :func:`is_plain_flat_record` accepted: what
+    ``StepRecord.from_flat`` gives (null and NaN are missing, numbers become floats),
+    without re-checking what is already known to hold."""
+    values: dict[str, float] = {}
+    try:
+        for name, value in item.items():
+            if value is None or name == "step":
+                continue
+            number = float(value)
+            if number == number:  # NaN is missing
+                values[name] = number
+    except OverflowError:  # an integer literal beyond the float range
+        raise PayloadError(_overflowing_field(item, prefix), "number too large for a 64-bit float") from None
+    return StepRecord(step=item["step"], values=values)
+
+
+def _overflowing_field(item: Mapping[str, Any], prefix: str) -> str:
+    for name, value in item.items():
+        if type(value) is int and name != "step":
+            try:
+                float(value)
+            except OverflowError:
+                return _location(prefix, [name])
+    return prefix or "body"
+
+
 def _merge_stats(record: StepRecord, stats: Mapping[str, Any], step: int, where: str) -> StepRecord:
     """The step-statistics form: derive the flat fields from the sums; explicit flat fields
     sent alongside win (a trainer may add its own reward or length)."""
@@ -322,6 +352,8 @@ def decode_json(raw: bytes) -> Any:
         ) from None
     except RecursionError:
         raise PayloadError("body", "JSON nested too deeply", status=400) from None
+    except ValueError as exc:  # e.g. an integer literal with more digits than Python converts
+        raise PayloadError("body", f"not valid JSON ({exc})", status=400) from None
 
 
 def validate_run(run: str) -> str:

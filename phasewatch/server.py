@@ -13,17 +13,24 @@ Any trainer or script, in any language, posts step records and reads back the de
 
 Design choices, and why:
 
-- **Acknowledged means durable.** A POST is answered after :meth:`Monitor.observe` returned
-  for every record of it, and observe returns after the SQLite commit. Ingest is idempotent
-  by (run, step), so a client may retry anything it has no answer for.
+- **Acknowledged means durable.** A POST is answered only after the transaction holding its
+  records has been committed (fsynced with the default ``synchronous=full``). Ingest is
+  idempotent by (run, step), so a client may retry anything it has no answer for.
 - **Validate before touching the store.** The whole body is decoded and checked against
   :mod:`phasewatch.schema` first; a rejected request changes nothing and gets a 4xx whose
   JSON names the field. Bodies over ``max_body_bytes`` are refused from the
   ``Content-Length`` header, or as soon as the streamed body passes the limit, without
   buffering the rest.
-- **The event loop never waits on SQLite.** Ingest and reads run in worker threads (the
-  Monitor is thread-safe: one lock per run, one writer lock in the store), so ``/healthz``
-  and ``/metrics`` answer while a commit is being fsynced.
+- **Group commit.** Every POST is parsed and validated on the event loop, then handed to one
+  writer thread (:class:`GroupCommitter`) that ingests whatever requests are waiting, of
+  any runs, and commits all their records in one SQLite transaction (one fsync) before it
+  answers each of them. While one group is being fsynced the next one gathers, so the disk
+  stops being the limit and a request costs one hand-over to the writer, not one thread
+  hop and one fsync of its own. Reads run in worker threads; the event loop never waits
+  on SQLite, so ``/healthz`` and ``/metrics`` answer during a commit.
+- **A short path for ingest.** ``POST /v1/runs/{run}/steps`` is answered by a plain ASGI
+  handler in front of Starlette (the other routes go through Starlette as before): the
+  hot path pays for no routing table, middleware stack or request object.
 - **Bearer token, constant time, never echoed.** With a token, every route but
   ``/healthz`` requires ``Authorization: Bearer <token>``, compared with
   :func:`hmac.compare_digest`. Binding a non-loopback address without a token is refused
@@ -32,14 +39,17 @@ Design choices, and why:
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
 import logging
 import math
 import sqlite3
+import threading
 import time
-from typing import Any, Awaitable, Callable, Mapping
+from collections import deque
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from phasewatch.events import Decision
 from phasewatch.store import StoreError
@@ -55,6 +65,11 @@ MAX_RECORDS_PER_PAGE = 10_000
 #: Request header in which :class:`~phasewatch.client.MonitorClient` reports how many records
 #: it has dropped so far (cumulative), so the loss shows on the server's dashboard.
 DROPPED_HEADER = "phasewatch-client-dropped"
+#: Most records one group commit takes in (a group gathers while the previous one commits; the
+#: cap only bounds how long the first request of a very large group waits).
+MAX_GROUP_RECORDS = 4096
+#: Route template of the ingest endpoint (metrics label).
+STEPS_ROUTE = "/v1/runs/{run}/steps"
 
 ASGIApp = Callable[[Mapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
@@ -92,6 +107,13 @@ def check_bind(host: str, token: str | None) -> None:
 def json_safe(value: Any) -> Any:
     """Non-finite floats become the strings ``"NaN"``/``"Infinity"``/``"-Infinity"``: the body
     stays standard JSON for any language, and Python's ``float()`` reads them back."""
+    kind = type(value)  # exact types first: this runs on every response
+    if kind is dict:
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is list:
+        return [json_safe(v) for v in value]
     if isinstance(value, float):
         if math.isfinite(value):
             return value
@@ -136,6 +158,174 @@ class _HttpMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
             registry=registry,
         )
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request (label children cached: ``labels()`` is slow)."""
+        key = (route, method, str(status))
+        counter = self._children.get(key)
+        if counter is None:
+            counter = self._children[key] = self.requests.labels(*key)
+        counter.inc()
+        timer = self._children.get((route,))
+        if timer is None:
+            timer = self._children[(route,)] = self.duration.labels(route)
+        timer.observe(seconds)
+
+
+class GroupCommitter:
+    """The single writer of ``phasewatch serve``: group commit for concurrent requests.
+
+    :meth:`ingest` (called on the event loop) queues a request's parsed records and returns a
+    future. One daemon thread takes every request waiting, up to ``max_group_records``
+    records, hands them to :meth:`Monitor.observe_batches` (one transaction, one fsync for
+    the whole group) and then resolves the futures of the group with one wake-up of the
+    event loop. A request is therefore answered only after its records are committed, and
+    requests that arrive during a commit share the next one. Records of one run keep their
+    arrival order (one thread, FIFO).
+
+    ``groups``/``grouped_requests``/``taken_requests``/``pending`` say what the writer did and
+    has queued (for tests and tuning).
+    """
+
+    def __init__(self, monitor: Any, *, max_group_records: int = MAX_GROUP_RECORDS) -> None:
+        if int(max_group_records) < 1:
+            raise ValueError(f"max_group_records: must be >= 1, got {max_group_records!r}")
+        self.monitor = monitor
+        self.max_group_records = int(max_group_records)
+        self._observe_batches = getattr(monitor, "observe_batches", None)
+        self._jobs: deque[tuple[str, Sequence[Any], asyncio.Future, asyncio.AbstractEventLoop]] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.groups = 0  # groups committed (or refused as a whole)
+        self.grouped_requests = 0  # requests in those groups
+        self.taken_requests = 0  # requests the writer has taken from the queue so far
+
+    def ingest(self, run: str, records: Sequence[Any]) -> "asyncio.Future[list[Any]]":
+        """Queue one request's records; the future gives their decisions once committed, or
+        the exception that refused them."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._cond:
+            if self._closed:
+                raise ValueError("monitor: the server is shutting down")
+            self._jobs.append((run, records, future, loop))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="phasewatch-group-commit", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return future
+
+    @property
+    def pending(self) -> int:
+        """Requests queued for the next group (not yet taken by the writer)."""
+        with self._cond:
+            return len(self._jobs)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Commit what is queued, then stop the writer thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _next_group(self) -> list[tuple[str, Sequence[Any], asyncio.Future, asyncio.AbstractEventLoop]]:
+        with self._cond:
+            while not self._jobs and not self._closed:
+                self._cond.wait()
+            group = []
+            size = 0
+            while self._jobs and (not group or size + len(self._jobs[0][1]) <= self.max_group_records):
+                job = self._jobs.popleft()
+                group.append(job)
+                size += len(job[1])
+            self.taken_requests += len(group)
+            return group
+
+    def _commit(self, group: list) -> list[Any]:
+        """Decisions (a list) or an exception, per request of the group."""
+        try:
+            if self._observe_batches is not None:
+                return list(self._observe_batches([(run, records) for run, records, _, _ in group]))
+            results: list[Any] = []  # a monitor without group commit: one transaction per request
+            for run, records, _, _ in group:
+                try:
+                    results.append(list(self.monitor.observe_many(run, list(records))))
+                except Exception as exc:  # noqa: BLE001 - this request only
+                    results.append(exc)
+            return results
+        except Exception as exc:  # noqa: BLE001 - the commit failed: no request of the group is stored
+            return [exc] * len(group)
+
+    def _loop(self) -> None:
+        group: list = []
+        try:
+            while True:
+                group = self._next_group()
+                if not group:
+                    return  # closed, nothing left
+                results = self._commit(group)
+                self.groups += 1
+                self.grouped_requests += len(group)
+                by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
+                for (_, _, future, loop), result in zip(group, results):
+                    by_loop.setdefault(loop, []).append((future, result))
+                for loop, settled in by_loop.items():
+                    try:
+                        loop.call_soon_threadsafe(_settle, settled)
+                    except RuntimeError:  # that event loop is closed: nobody is waiting
+                        pass
+                group = []
+        except BaseException as exc:  # a bug here must not leave requests waiting forever
+            log.exception("phasewatch serve: the group-commit writer failed")
+            with self._cond:
+                self._closed = True
+                left = group + list(self._jobs)
+                self._jobs.clear()
+            failure = RuntimeError(f"group commit writer failed: {type(exc).__name__}")
+            for _, _, future, loop in left:
+                try:
+                    loop.call_soon_threadsafe(_settle, [(future, failure)])
+                except RuntimeError:
+                    pass
+            raise
+
+
+def _settle(settled: list[tuple[asyncio.Future, Any]]) -> None:
+    """On the event loop: answer the futures of one group."""
+    for future, result in settled:
+        if future.done():  # the request was cancelled (client gone, server stopping)
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
+def error_for(exc: BaseException, max_body_bytes: int) -> tuple[int, str, str | None]:
+    """(status, message, field) for an exception raised while answering a request: bad
+    input is the client's (4xx), a store that cannot write is temporary (503: retry), the
+    rest is a bug (500)."""
+    if isinstance(exc, PayloadError):
+        return exc.status, str(exc), exc.field
+    if isinstance(exc, _BodyTooLarge):
+        return 413, f"request body larger than {max_body_bytes} bytes", None
+    if isinstance(exc, (sqlite3.Error, OSError, StoreError)):  # disk full, store gone: retry later
+        return 503, f"store unavailable: {type(exc).__name__}", None
+    if isinstance(exc, ValueError):
+        if str(exc).startswith(("store:", "monitor:")):  # closed store or monitor
+            return 503, f"monitor unavailable: {exc}", None
+        return 422, str(exc), None  # the monitor refused a record that passed the schema
+    if isinstance(exc, KeyError):
+        return 404, str(exc.args[0]) if exc.args else "not found", None
+    return 500, f"internal error: {type(exc).__name__}", None
+
+
+def _json_bytes(data: Any) -> bytes:
+    return json.dumps(json_safe(data), separators=(",", ":"), allow_nan=False, default=str).encode("utf-8")
 
 
 def create_app(
@@ -147,7 +337,8 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_batch: int = MAX_BATCH,
     worker_threads: int = 4,
-) -> ASGIApp:
+    max_group_records: int = MAX_GROUP_RECORDS,
+) -> "ServeApp":
     """The ASGI app of ``phasewatch serve`` around ``monitor``.
 
     token: when set, required as ``Authorization: Bearer <token>`` on every route except
@@ -155,9 +346,13 @@ def create_app(
     exporter: a :class:`~phasewatch.exporter.PrometheusExporter` already listening to the
         monitor; by default (``metrics=True``) one is created and added as a listener.
     max_body_bytes: larger request bodies get 413 before they are read.
-    worker_threads: threads that call into the monitor (SQLite commits release the GIL, so a
-        few threads overlap one run's fsync with another's parsing); ``0`` calls the monitor on
-        the event loop itself (lowest overhead, but the loop waits for every commit).
+    worker_threads: threads that answer the read endpoints (``GET /v1/runs...``); ``0``
+        answers them on the event loop. Ingest always goes through the one group-commit
+        writer thread (:class:`GroupCommitter`).
+    max_group_records: most records one group commit takes in.
+
+    The returned app has ``close()`` (commit what is queued, stop the writer thread) and
+    ``state.monitor``/``state.exporter``/``state.committer``.
     """
     import anyio
     from starlette.applications import Starlette
@@ -171,6 +366,7 @@ def create_app(
         raise ValueError(f"max_body_bytes: must be positive, got {max_body_bytes!r}")
     max_body_bytes = int(max_body_bytes)
     parser = StepsParser(max_batch=max_batch)
+    committer = GroupCommitter(monitor, max_group_records=max_group_records)
     inline = int(worker_threads) == 0
     limiter = anyio.CapacityLimiter(max(1, int(worker_threads)))
     if metrics and exporter is None:
@@ -181,32 +377,44 @@ def create_app(
     http_metrics = _HttpMetrics(exporter.registry) if exporter is not None else None
     expected = None if token is None else token.encode("ascii")
     client_dropped: dict[str, int] = {}  # run -> last cumulative count a client reported
-    observe_many = getattr(monitor, "observe_many", None)
 
     def respond(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-        body = json.dumps(json_safe(data), separators=(",", ":"), allow_nan=False, default=str)
-        return Response(body, status_code=status, media_type="application/json", headers=dict(headers or {}))
+        return Response(_json_bytes(data), status_code=status, media_type="application/json",
+                        headers=dict(headers or {}))
 
-    def error(status: int, message: str, field: str | None = None) -> Response:
+    def error_body(status: int, message: str, field: str | None = None) -> dict[str, Any]:
         data: dict[str, Any] = {"error": message}
         if field is not None:
             data["field"] = field
-        return respond(data, status)
+        return data
+
+    def error(status: int, message: str, field: str | None = None) -> Response:
+        return respond(error_body(status, message, field), status)
+
+    def log_failure(method: str, route: str, exc: BaseException, status: int) -> None:
+        if status == 500:
+            log.error("phasewatch serve: %s %s failed", method, route, exc_info=exc)
+        elif status == 503:
+            log.error("phasewatch serve: %s %s: store unavailable (%s)", method, route, exc)
 
     async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
         if inline:
             return fn(*args)
         return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
 
+    def check_length(declared: str | bytes | None) -> None:
+        if declared is None:
+            return
+        try:
+            size = int(declared)
+        except ValueError:
+            shown = declared.decode("latin-1") if isinstance(declared, bytes) else declared
+            raise PayloadError("Content-Length", f"not an integer: {shown[:40]!r}", status=400) from None
+        if size > max_body_bytes:
+            raise _BodyTooLarge()
+
     async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                raise PayloadError("Content-Length", f"not an integer: {declared[:40]!r}", status=400) from None
-            if size > max_body_bytes:
-                raise _BodyTooLarge()
+        check_length(request.headers.get("content-length"))
         chunks: list[bytes] = []
         received = 0
         async for chunk in request.stream():
@@ -222,6 +430,56 @@ def create_app(
     def known_run(run: str) -> str | None:
         validate_run(run)
         return run if run in set(monitor.runs()) else None
+
+    # -- ingest: the hot path ---------------------------------------------------------------
+
+    async def ingest(run: str, body: bytes, dropped: str | None) -> dict[str, Any]:
+        """Validate, then wait for the group commit that makes the records durable."""
+        records = parser.parse_steps(decode_json(body), run).records
+        decisions = await committer.ingest(run, records)
+        note_client_dropped(run, dropped)
+        decision = _decision_with(decisions)
+        return {"run": run, "received": len(records), "decision": decision.to_json()}
+
+    async def ingest_asgi(scope: Mapping[str, Any], receive: Any, send: Any, raw_run: str) -> None:
+        """``POST /v1/runs/{run}/steps`` as a plain ASGI handler (no Starlette on this path)."""
+        started = time.perf_counter()
+        try:
+            run = validate_run(raw_run)
+            length = dropped = None
+            for name, value in scope["headers"]:
+                if name == b"content-length":
+                    length = value
+                elif name == _DROPPED_HEADER_BYTES:
+                    dropped = value.decode("latin-1")
+            check_length(length)
+            chunks: list[bytes] = []
+            received = 0
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":  # the client went away mid-body
+                    raise PayloadError("body", "the client disconnected before the body was complete", status=400)
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                if received > max_body_bytes:
+                    raise _BodyTooLarge()
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+            status, data = 200, await ingest(run, b"".join(chunks), dropped)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an answer
+            status, message, field = error_for(exc, max_body_bytes)
+            log_failure("POST", STEPS_ROUTE, exc, status)
+            data = error_body(status, message, field)
+        body = _json_bytes(data)
+        await send({
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        })
+        await send({"type": "http.response.body", "body": body})
+        if http_metrics is not None:
+            http_metrics.observe(STEPS_ROUTE, "POST", status, time.perf_counter() - started)
 
     # -- endpoints ------------------------------------------------------------------------
 
@@ -298,19 +556,10 @@ def create_app(
         return respond({"run": run, "schedule": schedule.to_json(), "decision": decision.to_json()})
 
     async def post_steps(request: Request) -> Response:
+        # reached only when the short path in front of Starlette did not take the request
         run = validate_run(request.path_params["run"])
-        body = await read_json(request)
-        records = parser.parse_steps(body, run).records
-
-        def ingest() -> list[Decision]:
-            if observe_many is not None:  # one transaction (one fsync) for the whole request
-                return list(observe_many(run, list(records)))
-            return [monitor.observe(run, record.step, record) for record in records]
-
-        decisions = await in_thread(ingest)
-        note_client_dropped(run, request.headers.get(DROPPED_HEADER))
-        decision = _decision_with(decisions)
-        return respond({"run": run, "received": len(records), "decision": decision.to_json()})
+        body = await read_body(request)
+        return respond(await ingest(run, body, request.headers.get(DROPPED_HEADER)))
 
     def note_client_dropped(run: str, raw: str | None) -> None:
         if raw is None or exporter is None:
@@ -336,27 +585,12 @@ def create_app(
             started = time.perf_counter()
             try:
                 response = await endpoint(request)
-            except PayloadError as exc:
-                response = error(exc.status, str(exc), exc.field)
-            except _BodyTooLarge:
-                response = error(413, f"request body larger than {max_body_bytes} bytes")
-            except (sqlite3.Error, OSError, StoreError) as exc:  # disk full, store gone: retry later
-                log.error("phasewatch serve: %s %s: store unavailable (%s)", request.method, route, exc)
-                response = error(503, f"store unavailable: {type(exc).__name__}")
-            except ValueError as exc:
-                if str(exc).startswith(("store:", "monitor:")):  # closed store or monitor
-                    log.error("phasewatch serve: %s %s: %s", request.method, route, exc)
-                    response = error(503, f"monitor unavailable: {exc}")
-                else:  # the monitor refused a record that passed the schema
-                    response = error(422, str(exc))
-            except KeyError as exc:
-                response = error(404, str(exc.args[0]) if exc.args else "not found")
-            except Exception as exc:  # noqa: BLE001 - a bug: answer 500, keep serving
-                log.exception("phasewatch serve: %s %s failed", request.method, route)
-                response = error(500, f"internal error: {type(exc).__name__}")
+            except Exception as exc:  # noqa: BLE001 - a bug answers 500 and the server keeps serving
+                status, message, field = error_for(exc, max_body_bytes)
+                log_failure(request.method, route, exc, status)
+                response = error(status, message, field)
             if http_metrics is not None:
-                http_metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-                http_metrics.duration.labels(route).observe(time.perf_counter() - started)
+                http_metrics.observe(route, request.method, response.status_code, time.perf_counter() - started)
             return response
 
         return handle
@@ -367,7 +601,7 @@ def create_app(
         Route("/v1/runs", guarded("/v1/runs", list_runs), methods=["GET"]),
         Route("/v1/runs/{run}", guarded("/v1/runs/{run}", get_run), methods=["GET"]),
         Route("/v1/runs/{run}", guarded("/v1/runs/{run}", put_run), methods=["PUT"]),
-        Route("/v1/runs/{run}/steps", guarded("/v1/runs/{run}/steps", post_steps), methods=["POST"]),
+        Route(STEPS_ROUTE, guarded(STEPS_ROUTE, post_steps), methods=["POST"]),
         Route("/v1/runs/{run}/records", guarded("/v1/runs/{run}/records", get_records), methods=["GET"]),
     ]
     if exporter is not None:
@@ -382,13 +616,94 @@ def create_app(
         log.exception("phasewatch serve: unhandled error on %s %s", request.method, request.url.path)
         return error(500, "internal error")
 
-    app = Starlette(
+    starlette = Starlette(
         routes=routes,
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
-    app.state.monitor = monitor
-    app.state.exporter = exporter
-    return _auth(app, expected) if expected is not None else app
+    starlette.state.monitor = monitor
+    starlette.state.exporter = exporter
+    starlette.state.committer = committer
+    return ServeApp(starlette, ingest_asgi, committer, expected)
+
+
+_DROPPED_HEADER_BYTES = DROPPED_HEADER.encode("ascii")
+_STEPS_PREFIX = "/v1/runs/"
+_STEPS_SUFFIX = "/steps"
+
+
+class ServeApp:
+    """The ASGI app :func:`create_app` returns: bearer-token check, then the short ingest path
+    for ``POST /v1/runs/{run}/steps``, then Starlette for every other route."""
+
+    def __init__(self, starlette: Any, ingest: Callable[..., Awaitable[None]], committer: GroupCommitter,
+                 expected_token: bytes | None) -> None:
+        self.starlette = starlette
+        self.state = starlette.state
+        self.committer = committer
+        self._ingest = ingest
+        self._expected = expected_token
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Commit what is queued and stop the group-commit writer (after the server stopped)."""
+        self.committer.close(timeout)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(scope, receive, send)
+                return
+            await self.starlette(scope, receive, send)
+            return
+        path = scope["path"]
+        if self._expected is not None and path != "/healthz" and not _authorized(scope, self._expected):
+            await _denied(send)
+            return
+        if scope["method"] == "POST" and path.startswith(_STEPS_PREFIX) and path.endswith(_STEPS_SUFFIX):
+            root = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root):]
+            raw_run = path[len(_STEPS_PREFIX):-len(_STEPS_SUFFIX)]
+            if raw_run and "/" not in raw_run:
+                await self._ingest(scope, receive, send, raw_run)
+                return
+        await self.starlette(scope, receive, send)
+
+    async def _lifespan(self, scope: Any, receive: Any, send: Any) -> None:
+        """Answer uvicorn's lifespan protocol; on shutdown, commit what is queued."""
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await asyncio.get_running_loop().run_in_executor(None, self.close)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _authorized(scope: Mapping[str, Any], expected: bytes) -> bool:
+    presented = b""
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, credentials = value.partition(b" ")
+            if scheme.lower() == b"bearer":
+                presented = credentials.strip()
+            break
+    # compare_digest takes time independent of where the bytes differ
+    return hmac.compare_digest(presented, expected)
+
+
+async def _denied(send: Callable[[Any], Awaitable[None]]) -> None:
+    body = b'{"error":"missing or invalid bearer token"}'
+    await send({
+        "type": "http.response.start",
+        "status": 401,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"www-authenticate", b'Bearer realm="phasewatch"'),
+        ],
+    })
+    await send({"type": "http.response.body", "body": body})
 
 
 class _AsgiEndpoint:
@@ -403,44 +718,10 @@ class _AsgiEndpoint:
         await self.app(scope, receive, send)
 
 
-def _auth(app: ASGIApp, expected: bytes) -> ASGIApp:
-    """Require ``Authorization: Bearer <token>`` on every HTTP route except ``/healthz``."""
-
-    async def denied(send: Callable[[Any], Awaitable[None]]) -> None:
-        body = b'{"error":"missing or invalid bearer token"}'
-        await send({
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b'Bearer realm="phasewatch"'),
-            ],
-        })
-        await send({"type": "http.response.body", "body": body})
-
-    async def authenticated(scope: Mapping[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("path") == "/healthz":
-            await app(scope, receive, send)
-            return
-        presented = b""
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                scheme, _, credentials = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    presented = credentials.strip()
-                break
-        # compare_digest takes time independent of where the bytes differ
-        if not hmac.compare_digest(presented, expected):
-            await denied(send)
-            return
-        await app(scope, receive, send)
-
-    return authenticated
-
-
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "GroupCommitter",
+    "ServeApp",
     "check_bind",
     "check_token",
     "create_app",

@@ -9,7 +9,8 @@ Durability: :meth:`Store.append` commits before it returns. With ``synchronous="
 (the default) the commit is fsynced, so an acknowledged record survives a power cut; with
 ``"normal"`` it survives a crash of the process but the last commits may be lost if the
 machine itself goes down (SQLite's documented WAL behaviour). ``benchmarks/bench_monitor.py``
-measures what each costs.
+measures what each costs. :meth:`Store.transaction` groups many writes into one commit (one
+fsync): ``phasewatch serve`` commits the records of all concurrent requests together.
 
 Schema (version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version``; the file is tagged
 with ``PRAGMA application_id`` so a foreign database is refused rather than written to):
@@ -27,6 +28,7 @@ import math
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -129,6 +131,9 @@ class Store:
         self._read_lock = threading.Lock()
         self._known_runs: set[str] = set()
         self._closed = False
+        self._tx_depth = 0  # > 0 while transaction() is open (on the thread holding the write lock)
+        self._tx_runs: set[str] = set()  # runs first written inside the open transaction
+        self._tx_lost: BaseException | None = None  # why SQLite rolled the open transaction back
         if readonly:
             if not self.path.exists():
                 raise FileNotFoundError(f"store: {self.path} does not exist")
@@ -212,6 +217,109 @@ class Store:
             raise ValueError(f"store: {self.path} was opened read-only")
         return self._writer
 
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write: its own ``BEGIN IMMEDIATE`` ... ``COMMIT``, or, inside an open
+        :meth:`transaction`, a savepoint (a failed write then undoes only itself)."""
+        with self._write_lock:
+            conn = self._require_writer()
+            if self._tx_depth:
+                conn.execute("SAVEPOINT phasewatch_write")
+                try:
+                    yield conn
+                except BaseException as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK TO phasewatch_write")
+                        conn.execute("RELEASE phasewatch_write")
+                    else:  # SQLite rolled the whole transaction back (disk full, I/O error)
+                        self._tx_lost = exc
+                    raise
+                conn.execute("RELEASE phasewatch_write")
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled back already (disk full)
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _note_run(self, run: str) -> None:
+        """Remember that the run's row exists, once that is committed (a rolled-back
+        transaction must not leave a run the store believes it has)."""
+        if self._tx_depth:
+            self._tx_runs.add(run)
+        else:
+            self._known_runs.add(run)
+
+    @contextmanager
+    def transaction(self) -> Iterator["Store"]:
+        """Group every write made inside the block (by this thread) into one transaction:
+        one commit, so one fsync, for all of them.
+
+        This is how ``phasewatch serve`` makes the records of many concurrent requests durable
+        together (group commit). Each write inside still succeeds or fails as a whole (a
+        savepoint); the block commits when it ends and rolls everything back if it raises.
+        Other threads' writes wait until the block ends (one writer); readers never wait and
+        see only what is committed. Nested blocks join the outer one. (Do not wrap Monitor
+        calls in a transaction of your own: the monitor's in-memory state assumes what it
+        wrote is committed when it returns; :meth:`Monitor.observe_batches` is the way to
+        group them.)
+        """
+        with self._write_lock:
+            conn = self._require_writer()
+            if self._tx_depth:
+                self._tx_depth += 1
+                try:
+                    yield self
+                finally:
+                    self._tx_depth -= 1
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            self._tx_depth = 1
+            self._tx_runs = set()
+            self._tx_lost = None
+            try:
+                yield self
+                self._raise_if_lost()
+                conn.execute("COMMIT")
+            except BaseException:
+                self._tx_depth = 0
+                self._tx_runs = set()
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:  # COMMIT failing may already have rolled back
+                    pass
+                raise
+            self._tx_depth = 0
+            self._known_runs.update(self._tx_runs)
+            self._tx_runs = set()
+
+    def commit_pending(self) -> None:
+        """Inside :meth:`transaction`: commit what was written so far and go on in a fresh
+        transaction (so readers, such as a run being restored, see it). Outside: no-op."""
+        with self._write_lock:
+            if not self._tx_depth:
+                return
+            conn = self._require_writer()
+            self._raise_if_lost()
+            conn.execute("COMMIT")
+            self._known_runs.update(self._tx_runs)
+            self._tx_runs = set()
+            conn.execute("BEGIN IMMEDIATE")
+
+
+    def _raise_if_lost(self) -> None:
+        """A write inside the open transaction failed in a way that made SQLite roll the
+        whole transaction back: nothing written in it may be reported as committed."""
+        lost = self._tx_lost
+        if lost is not None:
+            raise sqlite3.OperationalError(
+                f"store: {self.path}: the transaction was rolled back by SQLite after"
+                f" {type(lost).__name__}: {lost}"
+            ) from lost
+
     def _ensure_run(self, conn: sqlite3.Connection, run: str, now: float) -> None:
         if run not in self._known_runs:
             conn.execute(
@@ -237,26 +345,19 @@ class Store:
         validate_run_id(run)
         now = time.time() if received_at is None else float(received_at)
         values, stats = _record_json(record)
-        with self._write_lock:
-            conn = self._require_writer()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._ensure_run(conn, run, now)
-                cur = conn.execute(
-                    'INSERT OR IGNORE INTO records (run, step, received_at, "values", stats)'
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (run, record.step, now, values, stats),
-                )
-                inserted = cur.rowcount == 1
-                if inserted:
-                    if replace_events:
-                        conn.execute("DELETE FROM events WHERE run = ?", (run,))
-                    self._insert_events(conn, run, events)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            self._known_runs.add(run)
+        with self._writing() as conn:
+            self._ensure_run(conn, run, now)
+            cur = conn.execute(
+                'INSERT OR IGNORE INTO records (run, step, received_at, "values", stats)'
+                " VALUES (?, ?, ?, ?, ?)",
+                (run, record.step, now, values, stats),
+            )
+            inserted = cur.rowcount == 1
+            if inserted:
+                if replace_events:
+                    conn.execute("DELETE FROM events WHERE run = ?", (run,))
+                self._insert_events(conn, run, events)
+        self._note_run(run)
         return inserted
 
     def append_many(
@@ -274,25 +375,18 @@ class Store:
         now = time.time() if received_at is None else float(received_at)
         rows = [(record, events, *_record_json(record)) for record, events in items]
         inserted = 0
-        with self._write_lock:
-            conn = self._require_writer()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._ensure_run(conn, run, now)
-                for record, events, values, stats in rows:
-                    cur = conn.execute(
-                        'INSERT OR IGNORE INTO records (run, step, received_at, "values", stats)'
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (run, record.step, now, values, stats),
-                    )
-                    if cur.rowcount == 1:
-                        inserted += 1
-                        self._insert_events(conn, run, events)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            self._known_runs.add(run)
+        with self._writing() as conn:
+            self._ensure_run(conn, run, now)
+            for record, events, values, stats in rows:
+                cur = conn.execute(
+                    'INSERT OR IGNORE INTO records (run, step, received_at, "values", stats)'
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (run, record.step, now, values, stats),
+                )
+                if cur.rowcount == 1:
+                    inserted += 1
+                    self._insert_events(conn, run, events)
+        self._note_run(run)
         return inserted
 
     def _insert_events(self, conn: sqlite3.Connection, run: str, events: Sequence[Event]) -> None:
@@ -325,32 +419,18 @@ class Store:
         """Make ``events`` the run's complete event list (used when a restore with a different
         detection configuration recomputes them)."""
         validate_run_id(run)
-        with self._write_lock:
-            conn = self._require_writer()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute("DELETE FROM events WHERE run = ?", (run,))
-                self._insert_events(conn, run, events)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._writing() as conn:
+            conn.execute("DELETE FROM events WHERE run = ?", (run,))
+            self._insert_events(conn, run, events)
 
     def set_schedule(self, run: str, schedule: Mapping[str, Any] | None) -> None:
         """Persist the run's reweighting schedule (JSON form); ``None`` = monitor default."""
         validate_run_id(run)
         text = None if schedule is None else _dumps(dict(schedule))
-        with self._write_lock:
-            conn = self._require_writer()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._ensure_run(conn, run, time.time())
-                conn.execute("UPDATE runs SET schedule = ? WHERE run = ?", (text, run))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            self._known_runs.add(run)
+        with self._writing() as conn:
+            self._ensure_run(conn, run, time.time())
+            conn.execute("UPDATE runs SET schedule = ? WHERE run = ?", (text, run))
+        self._note_run(run)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -207,3 +207,21 @@ RECORD_VALIDATOR = Draft202012Validator(RECORD_SCHEMA)
 def test_the_validators_shortcut_accepts_nothing_the_schema_rejects(record):
     if is_plain_flat_record(record):
         assert RECORD_VALIDATOR.is_valid(record)
+
+
+@settings(max_examples=300, deadline=None)
+@given(record=st.dictionaries(field_names, json_scalars, max_size=8))
+def test_the_shortcut_parses_a_record_exactly_as_the_full_path(record):
+    """Records the shortcut accepts skip ``StepRecord.from_flat``; they must come out equal."""
+    from phasewatch.record import StepRecord
+    from phasewatch.schema import PayloadError, StepsParser
+
+    if not is_plain_flat_record(record):
+        return
+    try:
+        expected = StepRecord.from_flat(record)
+    except OverflowError:  # an integer beyond the float range: the shortcut refuses it by name
+        with pytest.raises(PayloadError):
+            StepsParser().parse_record(record, "fuzz")
+        return
+    assert StepsParser().parse_record(record, "fuzz") == expected

@@ -130,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     store = None if args.in_memory else Store(args.db, synchronous=args.synchronous)
     monitor = Monitor(store=store)
     sock = None
+    app = None
     try:
         app = create_app(monitor, token=token, max_body_bytes=max_body)
         sock = _bind(args.host, args.port)
@@ -148,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
             lifespan="off",
             timeout_keep_alive=30,
             server_header=False,
+            # no proxy in front is trusted to name the client; skipping the middleware saves
+            # a few microseconds per request
+            proxy_headers=False,
         )
         # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal; these
         # handlers turn that re-raise into an orderly exit, so the store is closed cleanly.
@@ -162,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if sock is not None:
             sock.close()
+        if app is not None:
+            app.close()  # commit what the group-commit writer still holds
         monitor.close()
         if store is not None:
             store.close()
