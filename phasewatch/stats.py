@@ -42,11 +42,12 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Iterable, Mapping, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from phasewatch.record import StepRecord
+
+if TYPE_CHECKING:  # torch is imported where tensors are handled, so the service can parse
+    import torch  # step statistics without paying for the import
 
 #: The token classes, in the order used by the internal vector layout.
 TOKEN_CLASSES: tuple[str, ...] = ("planning", "execution")
@@ -209,6 +210,7 @@ class StepStats:
         phrases: optional list of ``B`` lists of matched planning phrases, one list per
             sequence (``BatchLabels.phrases``), each occurrence listed once.
         """
+        import torch
         B, T, device = _check_batch(entropies, completion_mask, planning_mask, logps)
         outcome_basis: str | None = None
         outcome: torch.Tensor | None = None
@@ -498,6 +500,7 @@ class StepStats:
 
 
 def _dtype_kind(t: torch.Tensor) -> str:
+    import torch
     if t.dtype == torch.bool:
         return "bool"
     if t.dtype.is_floating_point:
@@ -508,6 +511,7 @@ def _dtype_kind(t: torch.Tensor) -> str:
 
 
 def _check_tensor(name: str, t: Any, kinds: tuple[str, ...], shape: tuple[int, ...] | None) -> None:
+    import torch
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if _dtype_kind(t) not in kinds:
@@ -541,6 +545,7 @@ def _check_batch(
 
 
 def _check_per_sequence(name: str, values: Any, B: int, device: torch.device) -> torch.Tensor:
+    import torch
     if isinstance(values, torch.Tensor):
         t = values.detach()
     else:
@@ -662,6 +667,7 @@ def _check_consistent(stats: StepStats) -> None:
 
 def _accumulation_dtype(device: torch.device) -> torch.dtype:
     """float64 everywhere it exists (counts stay exact, sums merge cleanly); MPS has none."""
+    import torch
     return torch.float32 if device.type == "mps" else torch.float64
 
 
@@ -689,6 +695,7 @@ def _reduce_batch(
     rounding (~1e-15). Per-row float32 sums would be ~1.5x faster on CPU but agree only to
     ~1e-8 once padding differs; the float64 version already meets the 1 ms budget.
     """
+    import torch
     B, T = entropies.shape
     device = entropies.device
     with torch.no_grad():
