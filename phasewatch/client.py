@@ -339,6 +339,7 @@ class _Sender:
         self._in_hand = 0  # records taken from the buffer and not yet settled
         self._closing = False
         self._abandon = False
+        self._unsent_at_close = 0  # records close() could not deliver
         self._counts = {"submitted": 0, "sent": 0, "rejected": 0, "dropped": 0, "failed_attempts": 0}
         self._in_flight = 0
         self._connected = False
@@ -409,21 +410,27 @@ class _Sender:
                 self._flushing -= 1
 
     def close(self, timeout: float | None) -> bool:
+        """Deliver what is buffered, for up to ``timeout`` s, then stop. Returns at once
+        (after one more attempt) when the monitor cannot be reached: waiting out the timeout
+        would hold up the trainer's exit for nothing. True when everything was delivered."""
         with self._lock:
             self._closing = True
-        self._wakeup.set()
+        self._wakeup.set()  # a sender sleeping in backoff retries now, once
         self._thread.join(timeout)
         if not self._thread.is_alive():
-            return self.counters().pending == 0
-        with self._lock:
+            with self._lock:
+                return not self._buffer and not self._in_hand and not self._unsent_at_close
+        with self._lock:  # timed out: the sender is inside a request (e.g. a server that never answers)
             self._abandon = True
+            in_hand = self._in_hand
             lost = len(self._buffer)
             self._buffer.clear()
             self._counts["dropped"] += lost
             self._idle.notify_all()
         self._wakeup.set()
-        if lost:
-            log.warning("phasewatch: %s unreachable at close; %d buffered records dropped", self._describe, lost)
+        log.warning("phasewatch: %s did not answer within close()'s %s s; %d buffered records dropped"
+                    "%s (counted in client.dropped)", self._describe, timeout, lost,
+                    f", {in_hand} more in an unanswered request" if in_hand else "")
         return False
 
     # -- sender thread --------------------------------------------------------------------
@@ -508,6 +515,11 @@ class _Sender:
                 failed_on_server = isinstance(exc, ServerFailed)
                 self._mark(connected=failed_on_server, failed=True)
                 server_failures = server_failures + 1 if failed_on_server else 0
+                if self._closing and not failed_on_server:
+                    # close() is waiting and the monitor cannot be reached: retrying for the
+                    # rest of close()'s timeout would only hold up the trainer's exit
+                    self._give_up(batch, exc)
+                    break
                 if server_failures >= self.max_server_failures:
                     self._once("server_failed", logging.ERROR,
                                "phasewatch: %s failed %d times on the same %d records (%s); they are "
@@ -540,6 +552,22 @@ class _Sender:
             pass
         with self._lock:
             self._idle.notify_all()
+
+    def _give_up(self, batch: list[StepRecord], exc: BaseException) -> None:
+        """At close, with the monitor unreachable: count the batch in hand and everything
+        buffered as dropped, say so once, and let close() return at once."""
+        with self._lock:
+            announced = self._abandon  # close() already gave up on its timeout and said so
+            self._abandon = True
+            lost = len(batch) + len(self._buffer)
+            self._buffer.clear()
+            self._counts["dropped"] += lost
+            self._in_hand = 0
+            self._unsent_at_close += lost
+            self._idle.notify_all()
+        if not announced:
+            log.warning("phasewatch: %s unavailable at close (%s); %d unsent records dropped (counted in "
+                        "client.dropped)", self._describe, exc, lost)
 
     def _mark(self, *, connected: bool, failed: bool = False) -> bool:
         """Record the outcome of a network call; True when it ends an outage."""
@@ -604,7 +632,10 @@ class _ClientBase:
 
     def close(self, timeout: float | None = 10.0) -> bool:
         """Send what is buffered (for up to ``timeout`` s) and stop. Returns True when
-        nothing was left unsent; what was left is counted in ``dropped``."""
+        nothing was left unsent; what was left is counted in ``dropped``. A monitor that
+        cannot be reached is tried once more and then given up on at once (close() does not
+        wait out ``timeout`` for it); to wait for a monitor that is restarting, call
+        :meth:`flush` with a timeout first."""
         return self._sender.close(timeout)
 
     def __enter__(self) -> "_ClientBase":

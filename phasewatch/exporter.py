@@ -32,10 +32,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.exposition import make_wsgi_app, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import RestrictedRegistry
 
 from phasewatch.events import EVENT_KINDS, EXECUTION, PLANNING, WARMUP, Observation
 
@@ -97,14 +99,57 @@ class MetricsServer:
         self.close()
 
 
+#: Metric types for which prometheus_client adds a ``<name>_created`` sample to every series.
+_TYPES_WITH_CREATED = frozenset({"counter", "histogram", "summary"})
+
+
+def _without_created(families: Iterable[Metric]) -> Iterator[Metric]:
+    """The families with their ``_created`` samples left out (copies; the originals may be
+    a collector's own objects)."""
+    for family in families:
+        if family.type in _TYPES_WITH_CREATED:
+            created = family.name + "_created"
+            if any(sample.name == created for sample in family.samples):
+                trimmed = Metric(family.name, family.documentation, family.type, family.unit)
+                trimmed.samples = [sample for sample in family.samples if sample.name != created]
+                family = trimmed
+        yield family
+
+
+class _RestrictedWithoutCreated(RestrictedRegistry):
+    def collect(self) -> Iterator[Metric]:
+        return _without_created(super().collect())
+
+
+class PhasewatchRegistry(CollectorRegistry):
+    """A :class:`~prometheus_client.CollectorRegistry` that exposes no ``*_created`` samples.
+
+    prometheus_client gives every counter and histogram series a ``<name>_created`` sample
+    (the time the series was created). Prometheus stores it as one more series per child
+    (with 2.x scraping), which roughly doubles ``phasewatch_events_total`` and the
+    ``phasewatch_records_*`` counters, and no phasewatch dashboard reads them (``rate()``
+    and ``increase()`` handle counter resets without them). prometheus_client can only turn
+    them off for the whole process (``disable_created_metrics()``), which would also change
+    the metrics of the trainer that hosts phasewatch; this registry leaves them out of its
+    own collections only: scrapes, ``generate_latest``, ``get_sample_value`` and filtered
+    (``name[]``) scrapes alike.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        return _without_created(super().collect())
+
+    def restricted_registry(self, names: Iterable[str]) -> RestrictedRegistry:
+        return _RestrictedWithoutCreated(names, self)
+
+
 def _new_registry() -> CollectorRegistry:
-    """A registry that also runs collectors without metric names on filtered scrapes
-    (``/metrics?name[]=...``), so those publish the noted gauges too (where prometheus_client
-    supports collectors without names)."""
+    """phasewatch's registry: no ``_created`` samples (see :class:`PhasewatchRegistry`), and
+    collectors without metric names also run on filtered scrapes (``/metrics?name[]=...``),
+    so those publish the noted gauges too (where prometheus_client supports that)."""
     try:
-        return CollectorRegistry(auto_describe=True, support_collectors_without_names=True)
+        return PhasewatchRegistry(auto_describe=True, support_collectors_without_names=True)
     except TypeError:  # an older prometheus_client: filtered scrapes show the last full one
-        return CollectorRegistry(auto_describe=True)
+        return PhasewatchRegistry(auto_describe=True)
 
 
 class _PendingRun:
@@ -140,8 +185,10 @@ class _PublishPending:
 class PrometheusExporter:
     """Monitor listener that turns each :class:`~phasewatch.events.Observation` into metrics.
 
-    Holds its own :class:`~prometheus_client.CollectorRegistry` (``self.registry``), so two
-    exporters (or two tests) never share state. Calling it is cheap and never raises for a
+    Holds its own registry (``self.registry``, a :class:`PhasewatchRegistry`: no ``*_created``
+    series), so two exporters (or two tests) never share state. Pass ``registry=`` to use
+    your own :class:`~prometheus_client.CollectorRegistry` instead (it then exposes
+    ``*_created`` samples as prometheus_client's process-wide setting says). Calling it is cheap and never raises for a
     well-formed observation; the monitor catches and counts listener errors anyway.
 
     Hooks and clients that lose records before the monitor sees them report it with
@@ -437,9 +484,14 @@ class PrometheusExporter:
         """Serve ``/metrics`` on ``host:port`` from a daemon thread.
 
         ``port=0`` or ``None`` picks a free port. When ``port`` is taken, a free port is used
-        instead and the URL is printed to stderr (a second trainer on the same machine must
-        not crash because the first holds the port). Bind to loopback unless Prometheus runs
-        elsewhere: the metrics carry run names.
+        instead (a second trainer on the same machine must not crash because the first holds
+        the port). Bind to loopback unless Prometheus runs elsewhere: the metrics carry run
+        names.
+
+        Where the metrics are is said exactly once: a taken port as a warning of the
+        ``phasewatch.exporter`` logger (Python prints warnings to stderr when logging is not
+        configured); a free port picked for ``port=0`` on stderr when ``announce`` (else at
+        INFO); the requested port at INFO. Callers should not repeat it.
         """
         requested = 0 if port is None else int(port)
         if not 0 <= requested <= 65535:
@@ -451,15 +503,13 @@ class PrometheusExporter:
                 raise
             server, thread = start_http_server(0, addr=host, registry=self.registry)
             bound = MetricsServer(host, int(server.server_port), server, thread)
-            message = f"phasewatch: port {requested} is taken; serving Prometheus metrics at {bound.url}"
-            log.warning(message)
-            if announce:
-                print(message, file=sys.stderr, flush=True)
+            log.warning("phasewatch: port %d is taken; serving Prometheus metrics at %s", requested, bound.url)
             return bound
         bound = MetricsServer(host, int(server.server_port), server, thread)
         if announce and requested == 0:
             print(f"phasewatch: serving Prometheus metrics at {bound.url}", file=sys.stderr, flush=True)
-        log.info("serving Prometheus metrics at %s", bound.url)
+        else:
+            log.info("phasewatch: serving Prometheus metrics at %s", bound.url)
         return bound
 
     # -- internals -----------------------------------------------------------------------
@@ -510,13 +560,14 @@ def metric_names(exporter: PrometheusExporter | None = None) -> frozenset[str]:
     a silently empty panel behind.
     """
     exporter = exporter or PrometheusExporter()
+    created = () if isinstance(exporter.registry, PhasewatchRegistry) else ("_created",)
     names: set[str] = set()
     for family in exporter.registry.collect():
         base = family.name
         if family.type == "counter":
-            names.update({base + "_total", base + "_created"})
+            names.update(base + s for s in ("_total", *created))
         elif family.type == "histogram":
-            names.update({base + s for s in ("_bucket", "_count", "_sum", "_created")})
+            names.update(base + s for s in ("_bucket", "_count", "_sum", *created))
         elif family.type == "info":
             names.add(base + "_info")
         else:

@@ -3,6 +3,7 @@
 Any trainer or script, in any language, posts step records and reads back the decision::
 
     POST /v1/runs/{run}/steps     one record or a JSON array of records -> the run's decision
+                                  (and "duplicates": records for steps already stored, ignored)
     PUT  /v1/runs/{run}           {"schedule": {...}}: the run's HICRA schedule
     GET  /v1/runs                 the runs, with their phase and alpha
     GET  /v1/runs/{run}           one run: records stored, last step, phase, alpha, events
@@ -202,9 +203,9 @@ class GroupCommitter:
         self.grouped_requests = 0  # requests in those groups
         self.taken_requests = 0  # requests the writer has taken from the queue so far
 
-    def ingest(self, run: str, records: Sequence[Any]) -> "asyncio.Future[list[Any]]":
-        """Queue one request's records; the future gives their decisions once committed, or
-        the exception that refused them."""
+    def ingest(self, run: str, records: Sequence[Any]) -> "asyncio.Future[Ingested]":
+        """Queue one request's records; once committed, the future gives an :class:`Ingested`
+        (their decisions, and how many were duplicates), or the exception that refused them."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._cond:
@@ -246,19 +247,34 @@ class GroupCommitter:
             return group
 
     def _commit(self, group: list) -> list[Any]:
-        """Decisions (a list) or an exception, per request of the group."""
+        """An :class:`Ingested` or an exception, per request of the group."""
+        stored_before = [_stored_steps(self.monitor, run, records) for run, records, _, _ in group]
         try:
             if self._observe_batches is not None:
-                return list(self._observe_batches([(run, records) for run, records, _, _ in group]))
-            results: list[Any] = []  # a monitor without group commit: one transaction per request
-            for run, records, _, _ in group:
-                try:
-                    results.append(list(self.monitor.observe_many(run, list(records))))
-                except Exception as exc:  # noqa: BLE001 - this request only
-                    results.append(exc)
-            return results
+                results = list(self._observe_batches([(run, records) for run, records, _, _ in group]))
+            else:
+                results = []  # a monitor without group commit: one transaction per request
+                for run, records, _, _ in group:
+                    try:
+                        results.append(list(self.monitor.observe_many(run, list(records))))
+                    except Exception as exc:  # noqa: BLE001 - this request only
+                        results.append(exc)
         except Exception as exc:  # noqa: BLE001 - the commit failed: no request of the group is stored
             return [exc] * len(group)
+        # A step is a duplicate when it was stored before the group, or by an earlier request
+        # of the same group (the monitor keeps the first record of a step and ignores the rest).
+        added: dict[str, set[int]] = {}
+        out: list[Any] = []
+        for (run, records, _, _), before, result in zip(group, stored_before, results):
+            if isinstance(result, BaseException):
+                out.append(result)
+                continue
+            earlier = added.setdefault(run, set())
+            steps = [record.step for record in records]
+            duplicates = sum(1 for step in steps if step in before or step in earlier)
+            earlier.update(steps)
+            out.append(Ingested(result, duplicates))
+        return out
 
     def _loop(self) -> None:
         group: list = []
@@ -292,6 +308,42 @@ class GroupCommitter:
                 except RuntimeError:
                     pass
             raise
+
+
+class Ingested:
+    """What the writer did with one request: the decision after each of its records, and how
+    many of them were for a step the run already had (ignored: the first record of a step wins)."""
+
+    __slots__ = ("decisions", "duplicates")
+
+    def __init__(self, decisions: list[Decision], duplicates: int) -> None:
+        self.decisions = decisions
+        self.duplicates = duplicates
+
+
+def _stored_steps(monitor: Any, run: str, records: Sequence[Any]) -> frozenset[int]:
+    """The steps of ``records`` that ``run`` has already stored.
+
+    Only steps up to the run's last step can be stored already, and records normally arrive
+    in order, so the usual request costs one look-up of the run's decision; the stored
+    records are read only for a request that reaches back (a retry, a late record)."""
+    if not records:
+        return frozenset()
+    try:
+        last = monitor.decision(run).step  # 0 for a run without records: step 0 is then checked
+    except KeyError:  # a new run has nothing stored
+        return frozenset()
+    except Exception:  # noqa: BLE001 - the run cannot be restored: the ingest itself reports it
+        return frozenset()
+    candidates = [record.step for record in records if record.step <= last]
+    if not candidates:
+        return frozenset()
+    try:
+        stored = monitor.records(run, min(candidates), max(candidates) + 1)
+    except Exception:  # noqa: BLE001 - as above
+        return frozenset()
+    wanted = set(candidates)
+    return frozenset(r.step for r in stored if r.step in wanted)
 
 
 def _settle(settled: list[tuple[asyncio.Future, Any]]) -> None:
@@ -436,10 +488,13 @@ def create_app(
     async def ingest(run: str, body: bytes, dropped: str | None) -> dict[str, Any]:
         """Validate, then wait for the group commit that makes the records durable."""
         records = parser.parse_steps(decode_json(body), run).records
-        decisions = await committer.ingest(run, records)
+        ingested = await committer.ingest(run, records)
         note_client_dropped(run, dropped)
-        decision = _decision_with(decisions)
-        return {"run": run, "received": len(records), "decision": decision.to_json()}
+        decision = _decision_with(ingested.decisions)
+        # "duplicates": records for steps the run already had; they changed nothing (a retry
+        # is harmless, but a client re-posting a step with new values learns it was ignored)
+        return {"run": run, "received": len(records), "duplicates": ingested.duplicates,
+                "decision": decision.to_json()}
 
     async def ingest_asgi(scope: Mapping[str, Any], receive: Any, send: Any, raw_run: str) -> None:
         """``POST /v1/runs/{run}/steps`` as a plain ASGI handler (no Starlette on this path)."""
@@ -721,6 +776,7 @@ class _AsgiEndpoint:
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "GroupCommitter",
+    "Ingested",
     "ServeApp",
     "check_bind",
     "check_token",

@@ -124,6 +124,26 @@ def test_server_away_for_many_steps_then_back_loses_nothing(tmp_path):
     assert counts(client) == (80, 0, 0, 0)
 
 
+def test_close_does_not_wait_out_its_timeout_for_an_unreachable_monitor(caplog):
+    """Nothing listens on the port: every attempt is refused. close() tries once more and
+    gives up, instead of retrying with backoff until its timeout (which held scripts 10 s at
+    exit). Asserted on the attempts made, not on time: retrying until the timeout would make
+    dozens of attempts with this backoff."""
+    caplog.set_level(logging.WARNING, logger="phasewatch.client")
+    client = MonitorClient(f"http://127.0.0.1:{free_port()}", "gone", **FAST)
+    for step in range(3):
+        client.submit(StepRecord(step, {"entropy": 0.5}))
+    wait_until(lambda: client.counters().failed_attempts >= 2, what="refused attempts")
+    before = client.counters().failed_attempts
+    assert not client.close(timeout=5)
+    after = client.counters()
+    assert after.failed_attempts - before <= 1  # the one attempt close() makes (or the one in flight)
+    assert (after.sent, after.dropped, after.pending) == (0, 3, 0)
+    assert "unavailable at close" in caplog.text and "3 unsent records dropped" in caplog.text
+    client.submit(StepRecord(3, {"entropy": 0.5}))  # after close: dropped and counted, never raises
+    assert client.counters().dropped == 4
+
+
 def test_buffer_overflow_drops_the_oldest_and_counts_them(tmp_path):
     port = free_port()
     client = MonitorClient(f"http://127.0.0.1:{port}", "over", max_buffer=20, max_batch=8, **FAST)

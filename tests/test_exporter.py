@@ -6,7 +6,11 @@ Each test builds its own exporter (own CollectorRegistry) and reads values back 
 
 from __future__ import annotations
 
+import logging
 import socket
+import subprocess
+import sys
+import textwrap
 import urllib.error
 import urllib.request
 
@@ -219,22 +223,105 @@ def test_serve_on_loopback_and_shut_down_cleanly():
         _get(server.url)
 
 
-def test_taken_port_falls_back_to_a_free_one_and_says_so(capsys):
+def _taken_port(blocker: socket.socket) -> int:
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    return blocker.getsockname()[1]
+
+
+def test_taken_port_falls_back_to_a_free_one_and_says_so_once(capsys, caplog):
+    caplog.set_level(logging.INFO)
     ex = PrometheusExporter()
     ex(obs(1))
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen(1)
-        taken = blocker.getsockname()[1]
+        taken = _taken_port(blocker)
         server = ex.serve(port=taken)
         try:
             assert server.port != taken
-            err = capsys.readouterr().err
-            assert f"port {taken} is taken" in err and server.url in err
+            said = [r.getMessage() for r in caplog.records] + capsys.readouterr().err.splitlines()
+            assert [m for m in said if server.url in m] == [
+                f"phasewatch: port {taken} is taken; serving Prometheus metrics at {server.url}"]
+            assert [r.levelname for r in caplog.records if server.url in r.getMessage()] == ["WARNING"]
             status, body = _get(server.url)
             assert status == 200 and "phasewatch_step" in body
         finally:
             server.close()
+
+
+def test_a_taken_port_is_on_stderr_once_with_or_without_logging_configured():
+    """A real process, as a user's script: Python shows the warning on stderr by itself when
+    logging is not configured, and once more is not added when it is (at INFO)."""
+    script = textwrap.dedent("""
+        import logging, socket, sys
+        from phasewatch.exporter import PrometheusExporter
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        taken = blocker.getsockname()[1]
+        for configure in (False, True):
+            if configure:
+                logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+            server = PrometheusExporter().serve(port=taken)
+            print(server.url, flush=True)
+            sys.stderr.flush()
+            server.close()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    urls = done.stdout.split()
+    assert len(urls) == 2
+    for url in urls:
+        assert [line for line in done.stderr.splitlines() if url in line and "is taken" in line] != []
+        assert sum(url in line for line in done.stderr.splitlines()) == 1, done.stderr
+
+
+def test_a_watcher_with_a_taken_metrics_port_says_where_the_metrics_are_once(capsys, caplog):
+    """The trainer-side path (finding: the same line appeared three times: exporter log,
+    exporter print, hooks log)."""
+    import phasewatch
+    from phasewatch.hooks.torch import Watcher
+    from phasewatch.tiny import train_tokenizer
+
+    caplog.set_level(logging.INFO)
+    tokenizer = train_tokenizer(["wait, let me check the sum again."] * 10, vocab_size=100, kind="metaspace")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
+        taken = _taken_port(blocker)
+        watch = Watcher(phasewatch.Config(run="taken", metrics_port=taken), tokenizer, strict=True)
+        try:
+            url = watch._metrics_server.url
+            said = [r.getMessage() for r in caplog.records] + capsys.readouterr().err.splitlines()
+            assert len([m for m in said if url in m]) == 1, said
+        finally:
+            watch.close()
+
+
+def test_no_created_series_are_exposed_by_phasewatchs_registry():
+    """prometheus_client adds ``<counter>_created`` to every counter/histogram child; on
+    phasewatch's registry they would double the counter series, and no dashboard reads them.
+    A registry the user passes in keeps prometheus_client's behaviour."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    ex = PrometheusExporter()
+    ex(obs(3, events=[Event(PHASE_SHIFT, 3, 2, "semantic_entropy", "cusum_up", 12.5, 10.0)]))
+    ex.record_dropped("run-a", 2)
+    text = ex.render().decode()
+    names = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+    assert "phasewatch_events_total" in names and "phasewatch_update_latency_seconds_count" in names
+    assert [n for n in names if n.endswith("_created")] == []
+    assert value(ex, "phasewatch_events_created", run="run-a", kind=PHASE_SHIFT) is None
+    assert value(ex, "phasewatch_events_total", run="run-a", kind=PHASE_SHIFT) == 1
+    # filtered scrapes (/metrics?name[]=...) go through the same registry
+    restricted = generate_latest(ex.registry.restricted_registry(
+        ["phasewatch_events_total", "phasewatch_events_created"])).decode()
+    assert "phasewatch_events_total{" in restricted and "_created" not in restricted
+    assert {n for n in metric_names() if n.endswith("_created")} == set()
+
+    own = PrometheusExporter(registry=CollectorRegistry())
+    own(obs(3))
+    created_by_default = "phasewatch_records_ingested_created" in own.render().decode()
+    assert created_by_default == ("phasewatch_records_ingested_created" in metric_names(own))
 
 
 def test_bad_port_is_a_clear_error():

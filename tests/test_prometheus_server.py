@@ -162,3 +162,13 @@ def test_event_markers_appear_only_after_the_events(fed):
     assert {r["metric"]["run"] for r in after} == {SHIFT_RUN}
     alarms = prom.query_range(alarm_expr, fed["t0"] - 1, time.time(), 1.0)
     assert (ALARM_RUN, ENTROPY_EXPLOSION) in {(r["metric"]["run"], r["metric"]["kind"]) for r in alarms}
+
+
+def test_prometheus_stores_no_created_series(fed):
+    """prometheus_client's ``*_created`` samples would be stored as one more series per counter
+    and histogram child (Prometheus 2.x); phasewatch's registry leaves them out."""
+    series = fed["prom"].api("series", **{"match[]": '{__name__=~"phasewatch_.+"}'})
+    names = {s["__name__"] for s in series}
+    assert {"phasewatch_events_total", "phasewatch_records_ingested_total",
+            "phasewatch_update_latency_seconds_count"} <= names
+    assert sorted(n for n in names if n.endswith("_created")) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import socket
 import uuid
 
 import pytest
@@ -323,3 +324,82 @@ def test_cli_reads_the_token_from_env_or_file_and_refuses_ambiguity(tmp_path, mo
         _read_token(parser.parse_args(["serve", "--token-file", str(token_file)]))
     with pytest.raises(ValueError, match="printable ASCII"):
         create_app(Monitor(), token="has space")
+
+
+# -- usability of `phasewatch serve` (QA findings) -------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_a_reposted_step_is_reported_as_a_duplicate_and_changes_nothing(tmp_path, store):
+    """The monitor keeps the first record of a step; the reply says how many records of the
+    request it ignored, so a client re-posting a step with new values can notice."""
+    monitor = Monitor(store=Store(tmp_path / "dup.db") if store == "sqlite" else None)
+    with ThreadServer(create_app(monitor, metrics=False)) as srv:
+        def post(body):
+            status, answer = request(srv.url, "POST", "/v1/runs/dup/steps", body)
+            assert status == 200, answer
+            return answer["received"], answer["duplicates"]
+
+        assert post([{"step": s, "entropy": 0.5} for s in (10, 11, 12)]) == (3, 0)
+        assert post({"step": 12, "entropy": 9.0}) == (1, 1)  # different values: still ignored
+        assert post([{"step": 11, "entropy": 0.5}, {"step": 12, "entropy": 0.5}, {"step": 13, "entropy": 0.5}]) == (3, 2)
+        assert post({"step": 5, "entropy": 0.5}) == (1, 0)  # a late step never seen is stored, not a duplicate
+        assert post({"step": 5, "entropy": 0.7}) == (1, 1)
+        assert [(r.step, r.get("entropy")) for r in monitor.records("dup")] == [
+            (5, 0.5), (10, 0.5), (11, 0.5), (12, 0.5), (13, 0.5)]
+    monitor.close()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--port", "99999"], "argument --port: expected a port number 0..65535, got 99999"),
+        (["--port", "http"], "argument --port: expected a port number 0..65535, got 'http'"),
+        (["--db", "s.db", "--in-memory"], "argument --in-memory: not allowed with argument --db"),
+        (["--max-body-bytes", "0"], "argument --max-body-bytes: expected a positive whole number, got 0"),
+    ],
+)
+def test_cli_refuses_bad_options_with_the_usage_line(capsys, argv, message):
+    from phasewatch.cli import build_parser
+
+    with pytest.raises(SystemExit) as stop:  # argparse stops while parsing: nothing is opened or bound
+        build_parser().parse_args(["serve", *argv])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: phasewatch serve") and message in err
+
+
+def test_cli_refuses_a_db_whose_directory_does_not_exist_and_creates_none(tmp_path, capsys):
+    from phasewatch.cli import build_parser
+
+    missing = tmp_path / "typo" / "runs.db"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--db", str(missing)])
+    assert f"directory {str(missing.parent)!r} does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--db", str(tmp_path)])
+    assert "is a directory" in capsys.readouterr().err
+    assert not missing.parent.exists()
+
+
+def test_cli_on_a_taken_port_prints_only_the_error(tmp_path):
+    """A real `phasewatch serve` process: a server that never started says why, and neither
+    prints "stopped" nor leaves a store file behind."""
+    import subprocess
+    import sys
+
+    from serve_helpers import PROJECT_ROOT
+
+    db = tmp_path / "never.db"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        taken = blocker.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "phasewatch", "serve", "--port", str(taken), "--db", str(db)],
+                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"phasewatch serve: error: cannot listen on 127.0.0.1:{taken} (Address already in use; "
+        "choose another --port, or --port 0 for a free one)"]
+    assert not db.exists()

@@ -252,3 +252,52 @@ def test_only_the_ingest_route_takes_the_short_path(tmp_path):
         code, answer = request(server.url, "POST", "/v1/runs/a/steps", raw=b"[" * 10 + b"]",
                                headers={"Content-Length": "x"})
         assert code == 400
+
+
+def test_duplicates_are_counted_within_a_group_and_against_earlier_commits(tmp_path):
+    """Three requests of one run committed in one group: a step posted by an earlier request
+    of the same group, or stored by an earlier group, is reported as a duplicate (the first
+    record of a step wins)."""
+    store = Store(tmp_path / "dups.db")
+    monitor = Monitor(store=store)
+    app = create_app(monitor, metrics=False)
+    committer = app.state.committer
+    hold, held = threading.Event(), threading.Event()
+
+    def hold_the_writer() -> None:
+        with store.transaction():
+            held.set()
+            hold.wait(60)
+
+    def body(*steps: int, entropy: float = 0.5) -> list:
+        return [{"step": s, "entropy": entropy} for s in steps]
+
+    with ThreadServer(app) as server:
+        first = Poster(server.port, "d", body(0, 1, 2, 3))
+        first.start()
+        first.join(30)
+        assert first.answer["duplicates"] == 0
+        holder = threading.Thread(target=hold_the_writer, daemon=True)
+        holder.start()
+        try:
+            assert held.wait(10)
+            taken = Poster(server.port, "other", body(0))  # the writer takes it, then waits for the store
+            taken.start()
+            wait_until(lambda: committer.taken_requests == 2, what="the writer to wait for the store")
+            posters = []
+            for steps, entropy in (((4, 5), 0.5), ((5, 6), 0.9), ((2,), 0.9)):
+                posters.append(Poster(server.port, "d", body(*steps, entropy=entropy)))
+                posters[-1].start()  # one at a time, so the queue (and the group) keeps this order
+                wait_until(lambda n=len(posters): committer.pending == n, what=f"request {len(posters)} queued")
+        finally:
+            hold.set()
+        for poster in [taken, *posters]:
+            poster.join(30)
+    assert [p.status for p in posters] == [200, 200, 200], [p.answer for p in posters]
+    assert committer.groups == 3 and committer.grouped_requests == 5  # the three shared one commit
+    assert [p.answer["duplicates"] for p in posters] == [0, 1, 1]
+    # the first record of each step was kept: 5 from the first request of the group, 2 from the first group
+    assert [(r.step, r.get("entropy")) for r in store.records("d")] == [(s, 0.5) for s in range(6)] + [(6, 0.9)]
+    app.close()
+    monitor.close()
+    store.close()

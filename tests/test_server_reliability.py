@@ -117,6 +117,10 @@ def test_server_down_for_many_steps_buffered_records_arrive_afterwards(tmp_path)
         assert run_state(server.url, "down") == {**expected, "events": json_safe(expected["events"])}
         assert client.decision.step == records[-1].step
         assert server.terminate() == 0  # a graceful stop on SIGTERM
+        # the store is named by its absolute path, and a server that ran says it stopped
+        listening = next(line for line in server.output if "listening on" in line)
+        assert f"(store: {db.resolve()} (synchronous=full)" in listening
+        wait_until(lambda: "phasewatch serve: stopped\n" in server.output, what="the server to say it stopped")
     finally:
         server.kill()
 

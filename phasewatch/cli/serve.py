@@ -7,14 +7,55 @@ imported only when the command runs.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 DEFAULT_PORT = 8765
 DEFAULT_DB = "phasewatch.db"
 TOKEN_ENV = "PHASEWATCH_TOKEN"
+
+
+def _port(text: str) -> int:
+    """argparse type of ``--port``: checked while parsing, so a bad value stops the command
+    with the usage line before anything is opened or bound."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {port}")
+    return port
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value}")
+    return value
+
+
+def _db_path(text: str) -> Path:
+    """argparse type of ``--db``: the store file may be new, its directory must exist. A typo
+    in a directory name would otherwise create a directory tree and put the records there."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a file path, got an empty string")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{str(path.absolute())!r} is a directory; name the store file in it")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"directory {str(parent)!r} does not exist; create it first (phasewatch does not create "
+            "directories for the store)"
+        )
+    return path
 
 
 def register(subparsers: Any) -> None:
@@ -30,14 +71,16 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT,
-        help="port (default: %(default)s; 0 picks a free one and prints it)",
+        "--port", type=_port, default=DEFAULT_PORT,
+        help="port, 0..65535 (default: %(default)s; 0 picks a free one and prints it)",
     )
-    parser.add_argument(
-        "--db", default=DEFAULT_DB,
-        help="SQLite store; records are durable in it before they are acknowledged (default: %(default)s)",
+    storage = parser.add_mutually_exclusive_group()
+    storage.add_argument(
+        "--db", type=_db_path, default=None,
+        help="SQLite store file (created if missing; its directory must exist); records are durable "
+        f"in it before they are acknowledged (default: {DEFAULT_DB} in the current directory)",
     )
-    parser.add_argument(
+    storage.add_argument(
         "--in-memory", action="store_true",
         help="keep records in memory only (nothing survives a restart; for trials)",
     )
@@ -53,7 +96,7 @@ def register(subparsers: Any) -> None:
         "survives a crash of this process only, faster (default: %(default)s)",
     )
     parser.add_argument(
-        "--max-body-bytes", type=int, default=None,
+        "--max-body-bytes", type=_positive_int, default=None,
         help="largest request body accepted (default: 4 MiB)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request (method, path, status)")
@@ -83,8 +126,6 @@ def _bind(host: str, port: int) -> Any:
     """Bind the listening socket ourselves, so ``--port 0`` can report the port it got."""
     import socket
 
-    if not 0 <= port <= 65535:
-        raise ValueError(f"--port: expected 0..65535, got {port}")
     try:
         infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -96,13 +137,19 @@ def _bind(host: str, port: int) -> Any:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise ValueError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+        hint = "; choose another --port, or --port 0 for a free one" if exc.errno == errno.EADDRINUSE else ""
+        raise ValueError(f"cannot listen on {host}:{port} ({exc.strerror}{hint})") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check everything the user typed, bind, open the store, then serve until SIGINT/SIGTERM.
+
+    The port is bound before the store is opened: a server that cannot listen leaves no
+    store file behind, and reports only why it could not start ("stopped" is printed only
+    for a server that was listening)."""
     import logging
 
     from phasewatch.server import DEFAULT_MAX_BODY_BYTES, check_bind, check_token, create_app
@@ -110,38 +157,36 @@ def run(args: argparse.Namespace) -> int:
     token = check_token(_read_token(args))
     check_bind(args.host, token)
     max_body = DEFAULT_MAX_BODY_BYTES if args.max_body_bytes is None else args.max_body_bytes
-    if max_body < 1:
-        raise ValueError(f"--max-body-bytes: must be positive, got {max_body}")
+    db_path = None if args.in_memory else args.db
+    if db_path is None and not args.in_memory:
+        try:
+            db_path = _db_path(DEFAULT_DB)
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(f"--db (default {DEFAULT_DB}): {exc}") from None
 
-    import uvicorn
-
-    from phasewatch.monitor import Monitor
-    from phasewatch.store import Store
-
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import phasewatch.detect  # noqa: F401 - loads ruptures now, not during the first request
-
-    # The event loop does many short I/O calls that each give up the GIL; the worker and
-    # listener threads are CPU-bound. With the default 5 ms switch interval every socket
-    # send/recv can wait that long to get the GIL back; 1 ms measured 10-30% more records/s
-    # here (benchmarks/bench_serve_load.py).
-    sys.setswitchinterval(0.001)
-
-    store = None if args.in_memory else Store(args.db, synchronous=args.synchronous)
-    monitor = Monitor(store=store)
-    sock = None
-    app = None
+    sock = _bind(args.host, args.port)
+    store = monitor = app = None
+    listening = False
     try:
+        import uvicorn
+
+        from phasewatch.monitor import Monitor
+        from phasewatch.store import Store
+
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        store = None if db_path is None else Store(db_path, synchronous=args.synchronous)
+        monitor = Monitor(store=store)
         app = create_app(monitor, token=token, max_body_bytes=max_body)
-        sock = _bind(args.host, args.port)
-        host, port = sock.getsockname()[:2]
-        shown = f"[{host}]" if ":" in host else host
-        where = "memory only" if store is None else f"{store.path} (synchronous={args.synchronous})"
-        print(
-            f"phasewatch serve: listening on http://{shown}:{port} (store: {where}; "
-            f"auth: {'bearer token required' if token else 'none, loopback only'})",
-            flush=True,
-        )
+        import phasewatch.detect  # noqa: F401 - loads ruptures now, not during the first request
+
+        _preload_step_statistics()
+
+        # The event loop does many short I/O calls that each give up the GIL; the worker and
+        # listener threads are CPU-bound. With the default 5 ms switch interval every socket
+        # send/recv can wait that long to get the GIL back; 1 ms measured 10-30% more records/s
+        # here (benchmarks/bench_serve_load.py).
+        sys.setswitchinterval(0.001)
+
         config = uvicorn.Config(
             app,
             log_level=args.log_level,
@@ -153,31 +198,50 @@ def run(args: argparse.Namespace) -> int:
             # a few microseconds per request
             proxy_headers=False,
         )
-        # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal; these
-        # handlers turn that re-raise into an orderly exit, so the store is closed cleanly.
-        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        server = uvicorn.Server(config)
+        stop_signals: list[int] = []
+
+        def stop(signum: int, frame: Any) -> None:
+            # Only flags the server: it then shuts down gracefully, at any point of its
+            # start-up. (Raising here could land inside an event-loop callback, where asyncio
+            # would log and swallow the exception and the server would keep running.) uvicorn
+            # puts its own handlers in place while it serves and re-raises the signal once it
+            # has stopped; that lands here too, after our handlers are back.
+            stop_signals.append(signum)
+            server.should_exit = True
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            uvicorn.Server(config).run(sockets=[sock])
-        except _Stop:
-            pass
+            host, port = sock.getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            where = "memory only" if store is None else f"{Path(store.path).resolve()} (synchronous={args.synchronous})"
+            print(
+                f"phasewatch serve: listening on http://{shown}:{port} (store: {where}; "
+                f"auth: {'bearer token required' if token else 'none, loopback only'})",
+                flush=True,
+            )
+            listening = True
+            if not stop_signals:
+                server.run(sockets=[sock])
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     finally:
-        if sock is not None:
-            sock.close()
+        sock.close()
         if app is not None:
             app.close()  # commit what the group-commit writer still holds
-        monitor.close()
+        if monitor is not None:
+            monitor.close()
         if store is not None:
             store.close()
-        print("phasewatch serve: stopped", file=sys.stderr, flush=True)
+        if listening:
+            print("phasewatch serve: stopped", file=sys.stderr, flush=True)
     return 0
 
 
-class _Stop(Exception):
-    """Raised by the signal handler after uvicorn's graceful shutdown."""
-
-
-def _stop(signum: int, frame: Any) -> None:
-    raise _Stop()
+def _preload_step_statistics() -> None:
+    """Import what parsing a step-statistics record needs before listening, so the first
+    such request does not pay module imports on the event loop while every other request
+    (``/healthz`` included) waits behind it. ``phasewatch.stats`` imports torch only where
+    tensors are handled, so this is cheap and the service never loads torch."""
+    import phasewatch.stats  # noqa: F401

@@ -272,8 +272,8 @@ class Watcher:
             exporter = PrometheusExporter()
             monitor.add_listener(exporter)
             self._listeners.append(exporter)
+            # serve() says where the metrics are (once, a warning when the port was taken)
             self._metrics_server = exporter.serve(port=int(self.config.metrics_port))
-            log.info("phasewatch: Prometheus metrics at %s", getattr(self._metrics_server, "url", "?"))
 
     def _attach_grafana(self, monitor: Any) -> None:
         if self.config.grafana_url:
