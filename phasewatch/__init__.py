@@ -61,6 +61,9 @@ _EXPORTS: dict[str, str] = {
     "RolloutWriter": "phasewatch.grams",
     "mine_strategic_grams": "phasewatch.grams",
     "MiningConfig": "phasewatch.grams",
+    # the demo (the main job)
+    "run_demo": "phasewatch.demo.run",
+    "DemoConfig": "phasewatch.demo.run",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 from typing import Iterator, Sequence
@@ -45,8 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"phasewatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMANDS:
-        if importlib.util.find_spec(f"phasewatch.cli.{name}") is None:  # TEMP until demo lands
-            continue
         importlib.import_module(f"phasewatch.cli.{name}").register(sub)
     # Each parser records itself, so errors found after parsing (unknown options, bad values)
     # are reported with the usage line and name of the deepest command the user typed.
