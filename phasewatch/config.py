@@ -17,6 +17,12 @@ from typing import Any, Iterable, Literal
 ReweightMode = Literal["auto", "always", "off"]
 REWEIGHT_MODES: tuple[str, ...] = ("auto", "always", "off")
 
+#: Default size cap of a rollout dump (``Config.rollouts_max_bytes``): 1 GiB per file, about
+#: 500,000 completions of 2,000 characters; later steps are skipped (counted), not written.
+DEFAULT_ROLLOUTS_MAX_BYTES = 1 << 30
+#: Health alarms that pause reweighting by default (same as ``ReweightSchedule``'s default).
+DEFAULT_PAUSE_ON: tuple[str, ...] = ("entropy_explosion",)
+
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -54,6 +60,17 @@ class Config:
         process (0 picks a free port; ``None`` serves nothing).
     grafana_url / grafana_token: where to post an annotation for each phase event.
     server_token: bearer token for a remote monitor.
+    pause_on: health alarms (event kinds) that pause reweighting, e.g.
+        ``("entropy_explosion", "entropy_collapse")``; ``()`` never pauses.
+    pause_steps: steps after the last pausing alarm before alpha ramps back in (over
+        ``ramp_steps``); ``None`` keeps reweighting off for the rest of the run.
+    save_rollouts: JSON-lines file to which every hook appends each step's completions (decoded
+        text, reward, step, run and, where the trainer knows it, the prompt's group id), the
+        input of ``phasewatch grams mine``; ``.gz`` compresses. ``None`` saves nothing. Under
+        torch.distributed with more than one rank, each rank writes its own file, with
+        ``.rank{N}`` before the extension (``rollouts.rank1.jsonl``): no rank waits for another.
+    rollouts_max_bytes: size cap of each rollout file written by this run (default 1 GiB);
+        once reached, later completions are skipped, counted and logged once. ``None``: no cap.
 
     Every field is checked when the Config is built, and a mistake raises ``ValueError`` (a
     missing lexicon file ``FileNotFoundError``) naming the field: a lexicon file is read, URLs
@@ -72,6 +89,10 @@ class Config:
     grafana_url: str | None = None
     grafana_token: str | None = None
     server_token: str | None = None
+    pause_on: Iterable[str] = DEFAULT_PAUSE_ON
+    pause_steps: int | None = None
+    save_rollouts: str | Path | None = None
+    rollouts_max_bytes: int | None = DEFAULT_ROLLOUTS_MAX_BYTES
 
     def __post_init__(self) -> None:
         # Every mistake here is reported now, by name: the hooks fail open, so a bad value
@@ -90,6 +111,16 @@ class Config:
             if not (0 <= self.metrics_port <= 65535):
                 raise ValueError(f"metrics_port: expected 0..65535, got {self.metrics_port!r}")
         self.lexicon = _checked_lexicon(self.lexicon)
+        self.pause_on = _checked_pause_on(self.pause_on)
+        if self.pause_steps is not None:
+            self.pause_steps = _integer("pause_steps", self.pause_steps)
+            if self.pause_steps < 0:
+                raise ValueError(f"pause_steps: must be >= 0 or None, got {self.pause_steps!r}")
+        self.save_rollouts = _checked_rollouts_path(self.save_rollouts)
+        if self.rollouts_max_bytes is not None:
+            self.rollouts_max_bytes = _integer("rollouts_max_bytes", self.rollouts_max_bytes)
+            if self.rollouts_max_bytes <= 0:
+                raise ValueError(f"rollouts_max_bytes: must be positive or None, got {self.rollouts_max_bytes!r}")
         remote = isinstance(self.monitor, str)
         if remote:
             _check_url("monitor", self.monitor, "the URL of a `phasewatch serve` instance, e.g. http://127.0.0.1:8765")
@@ -143,6 +174,31 @@ def _check_url(name: str, value: str, what: str) -> None:
         ok = False
     if not ok:
         raise ValueError(f"{name}: {value!r} is not an http(s) URL; expected {what}")
+
+
+def _checked_pause_on(value: Any) -> tuple[str, ...]:
+    """Event kinds as a tuple; a typo would silently never pause, so unknown kinds are refused."""
+    from phasewatch.events import EVENT_KINDS
+
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ValueError(f"pause_on: expected a list of event kinds (some of {EVENT_KINDS}), got {value!r}")
+    kinds = tuple(value)
+    unknown = [k for k in kinds if k not in EVENT_KINDS]
+    if unknown:
+        raise ValueError(f"pause_on: unknown event kind(s) {unknown}; expected some of {EVENT_KINDS}")
+    return kinds
+
+
+def _checked_rollouts_path(value: Any) -> Path | None:
+    """The dump path, checked now: a directory or a non-path would fail on every step later."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise ValueError(f"save_rollouts: expected a file path (e.g. 'rollouts.jsonl') or None, got {value!r}")
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise ValueError(f"save_rollouts: {str(path)!r} is a directory; give a file path such as {str(path / 'rollouts.jsonl')!r}")
+    return path
 
 
 def _checked_lexicon(value: Any) -> Any:

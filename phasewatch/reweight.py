@@ -139,8 +139,14 @@ class ReweightSchedule:
     @classmethod
     def from_config(cls, config: Any) -> "ReweightSchedule":
         """The schedule a :class:`phasewatch.Config` asks for (``reweight``, ``alpha``,
-        ``ramp_steps``)."""
-        return cls(mode=config.reweight, alpha=config.alpha, ramp_steps=int(config.ramp_steps))
+        ``ramp_steps``, ``pause_on``, ``pause_steps``)."""
+        return cls(
+            mode=config.reweight,
+            alpha=config.alpha,
+            ramp_steps=int(config.ramp_steps),
+            pause_on=tuple(getattr(config, "pause_on", DEFAULT_PAUSE_ON)),
+            pause_steps=getattr(config, "pause_steps", None),
+        )
 
 
 def hicra_advantages(

@@ -33,6 +33,14 @@ from phasewatch import Config, Lexicon, Monitor
         ({"monitor": "http://127.0.0.1:8765", "store": "runs.db"}, r"store: applies to the in-process monitor only"),
         ({"monitor": "http://127.0.0.1:8765", "metrics_port": 9811}, r"metrics_port: applies to the in-process monitor"),
         ({"monitor": "http://127.0.0.1:8765", "grafana_url": "http://g:3000"}, r"grafana_url: applies to the in-process"),
+        ({"pause_on": "entropy_explosion"}, r"pause_on: expected a list of event kinds"),
+        ({"pause_on": ["entropy_explosoin"]}, r"pause_on: unknown event kind\(s\) \['entropy_explosoin'\]"),
+        ({"pause_steps": -1}, r"pause_steps: must be >= 0 or None, got -1"),
+        ({"pause_steps": 1.5}, r"pause_steps: expected a whole number, got 1.5"),
+        ({"save_rollouts": 7}, r"save_rollouts: expected a file path"),
+        ({"save_rollouts": " "}, r"save_rollouts: expected a file path"),
+        ({"rollouts_max_bytes": 0}, r"rollouts_max_bytes: must be positive or None, got 0"),
+        ({"rollouts_max_bytes": "big"}, r"rollouts_max_bytes: expected a number, got 'big'"),
     ],
 )
 def test_bad_values_are_refused_at_construction_by_name(kwargs, message):
@@ -74,3 +82,12 @@ def test_good_remote_and_local_configurations_pass():
     assert Config(run="r", monitor="https://pw.example.com/", server_token="t").monitor == "https://pw.example.com/"
     local = Config(run="r", store="runs.db", metrics_port=0, grafana_url="http://127.0.0.1:3000")
     assert local.metrics_port == 0
+
+
+def test_rollout_and_pause_settings_are_normalised(tmp_path):
+    config = Config(run="r", save_rollouts=str(tmp_path / "r.jsonl"), pause_on=["entropy_collapse"], pause_steps=4.0)
+    assert config.save_rollouts == tmp_path / "r.jsonl"
+    assert config.pause_on == ("entropy_collapse",) and config.pause_steps == 4
+    assert Config(run="r").save_rollouts is None and Config(run="r").rollouts_max_bytes == 1 << 30
+    with pytest.raises(ValueError, match=r"save_rollouts: .* is a directory; give a file path such as"):
+        Config(run="r", save_rollouts=tmp_path)

@@ -182,6 +182,13 @@ def test_demo_writes_report_and_store(small_demo):
     steps = [int(m.group(1)) for m in map(STEP_LINE.match, text.splitlines()) if m]
     assert steps == list(range(1, SMALL_STEPS + 1))
     assert "summary (" in text and "replay the store: phasewatch replay" in text
+    # every completion was saved with its reward, for `phasewatch grams mine OUT/rollouts.jsonl`
+    from phasewatch.grams.rollouts import read_rollouts
+
+    rollouts = read_rollouts(result.store.parent / "rollouts.jsonl")
+    assert len(rollouts) == SMALL_STEPS * 6 * 4 and {r.run for r in rollouts} == {"demo"}
+    assert sorted({r.step for r in rollouts}) == list(range(1, SMALL_STEPS + 1))
+    assert {r.reward for r in rollouts} <= {1.0, 0.0, -1.0} and len({r.group for r in rollouts}) > 1
 
 
 def test_report_agrees_with_the_store(small_demo):

@@ -546,6 +546,27 @@ def test_cli_mine_writes_a_lexicon_that_label_uses(rollouts_file, tmp_path, caps
     assert [s[2] for s in spans] == [phrase]
 
 
+def test_cli_mine_reads_several_files_as_one_corpus(corpus, rollouts_file, tmp_path, capsys):
+    """Rank files (``rollouts.rank*.jsonl``) mined together give the lexicon of their concatenation."""
+    half = len(corpus) // 2
+    parts = [tmp_path / "rollouts.rank0.jsonl", tmp_path / "rollouts.rank1.jsonl"]
+    for path, rows in zip(parts, (corpus[:half], corpus[half:])):
+        with RolloutWriter(path, run="synthetic") as writer:
+            for r in rows:
+                writer.write(r.text, r.reward, step=r.step, group=r.group)
+    out = tmp_path / "mined.txt"
+    argv = ["grams", "mine", *map(str, parts), "--embedder", "hashing", "--out", str(out), "--json", "--quiet"]
+    assert cli_main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["counts"]["rollouts"] == len(corpus)
+    whole = mine_strategic_grams(read_rollouts(rollouts_file), embedder="hashing")
+    assert Lexicon.from_file(out) == whole.lexicon
+
+    missing = tmp_path / "rollouts.rank2.jsonl"
+    assert cli_main(["grams", "mine", str(parts[0]), str(missing), "--embedder", "hashing", "--quiet"]) == 2
+    assert f"rollouts file not found: {missing}" in capsys.readouterr().err
+
+
 def test_cli_mine_options_and_stdout(rollouts_file, capsys):
     code = cli_main(["grams", "mine", str(rollouts_file), "--embedder", "hashing", "--n", "2-3", "--top-frac", "1", "--quiet"])
     assert code == 0

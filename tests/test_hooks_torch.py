@@ -278,3 +278,139 @@ def test_metrics_port_serves_prometheus_from_the_trainer_process(tokenizer, batc
     watch.close()
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=2)  # closed with the watcher
+
+
+# -- rollouts, drops, pause settings ---------------------------------------------------------
+
+
+def test_watcher_saves_rollouts_that_grams_mine_reads(tokenizer, batch, tmp_path):
+    """Config(save_rollouts=...): each step's completions, decoded without padding or masked
+    tokens, with their rewards and step; `phasewatch grams mine` reads the file end to end."""
+    from phasewatch.cli import main
+    from phasewatch.grams.rollouts import read_rollouts
+    from phasewatch.lexicon import Lexicon, fold_text
+
+    ids, mask = batch
+    mask = mask.clone()
+    last = int(mask[1].sum()) - 1
+    mask[1, last] = 0  # a masked real token (e.g. tool output) is not part of the saved text
+    path = tmp_path / "out" / "rollouts.jsonl"
+    watch = Watcher(phasewatch.Config(run="dump", save_rollouts=path), tokenizer, strict=True)
+    rewards = torch.tensor([1.0, 0.0, 1.0, 2.0, float("nan"), 1.0, 0.5, 1.0])
+    for s in range(1, 6):
+        watch.step(ids, mask, entropies=torch.ones(ids.shape), rewards=rewards, step=s)
+    watch.close()
+    rows = read_rollouts(path)
+    assert [r.step for r in rows] == [s for s in range(1, 6) for _ in range(8)]
+    assert {r.run for r in rows} == {"dump"}
+    assert [r.reward for r in rows[:8]] == [1.0, 0.0, 1.0, 2.0, None, 1.0, 0.5, 1.0]
+    for i, row in enumerate(rows[:8]):
+        kept = ids[i][mask[i].bool()].tolist()
+        assert row.text == tokenizer.decode(kept, skip_special_tokens=True)
+        assert "<pad>" not in row.text and row.text.strip()
+    assert rows[1].text != tokenizer.decode(ids[1][: last + 1].tolist(), skip_special_tokens=True)
+    assert "wait, let me check" in fold_text(rows[0].text)
+
+    lexicon = tmp_path / "mined.txt"
+    assert main(["grams", "mine", str(path), "--embedder", "hashing", "--min-successful", "10",
+                 "--top-frac", "1", "--out", str(lexicon), "--quiet"]) == 0
+    phrases = Lexicon.from_file(lexicon).phrases
+    texts = " | ".join(fold_text(r.text) for r in rows)
+    assert phrases and all(p in texts for p in phrases)
+
+
+def test_rollouts_are_capped_and_a_failing_dump_fails_open(tokenizer, batch, tmp_path, caplog):
+    ids, mask = batch
+    capped = Watcher(phasewatch.Config(run="cap", save_rollouts=tmp_path / "cap.jsonl", rollouts_max_bytes=1500),
+                     tokenizer, strict=True)
+    for s in range(4):
+        capped.step(ids, mask, entropies=torch.ones(ids.shape), rewards=ADVANTAGES, step=s)
+    assert 0 < capped.rollouts.written < 32 and capped.rollouts.written + capped.rollouts.dropped == 32
+    assert (tmp_path / "cap.jsonl").stat().st_size <= 1500
+    capped.close()
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    watch = Watcher(phasewatch.Config(run="nodump", monitor=Monitor(), save_rollouts=blocker / "r.jsonl"), tokenizer)
+    with caplog.at_level(logging.WARNING, logger="phasewatch.hooks"):
+        for s in range(3):
+            watch.step(ids, mask, entropies=torch.ones(ids.shape), rewards=ADVANTAGES, step=s)
+    assert watch.failures.counts == {"rollouts": 3}
+    assert sum("rollouts failed" in r.getMessage() for r in caplog.records) == 1
+    assert watch.client.flush(10) and [r.step for r in watch.client.monitor.records("nodump")] == [0, 1, 2]
+    assert watch.dropped == 0  # the records themselves were not lost
+    watch.close()
+
+
+def test_rollouts_path_per_rank():
+    from phasewatch.hooks.torch import rollouts_path
+
+    assert str(rollouts_path("d/rollouts.jsonl", 1, 0)) == "d/rollouts.jsonl"
+    assert str(rollouts_path("d/rollouts.jsonl", 4, 3)) == "d/rollouts.rank3.jsonl"
+    assert str(rollouts_path("rollouts.jsonl.gz", 2, 0)) == "rollouts.rank0.jsonl.gz"
+    assert str(rollouts_path("dump", 2, 1)) == "dump.rank1"
+
+
+def test_dropped_steps_reach_prometheus_for_an_in_process_monitor(tokenizer, batch):
+    """A step lost to a phasewatch failure is counted in phasewatch/dropped and in the
+    exporter's phasewatch_records_dropped_total{reason="other"} (served over real HTTP)."""
+    ids, mask = batch
+    watch = Watcher(phasewatch.Config(run="drops", metrics_port=0), tokenizer, labeler=BrokenLabeler())
+    for s in range(3):
+        watch.step(ids, mask, entropies=torch.ones(ids.shape), step=s)
+    assert watch.metrics()["phasewatch/dropped"] == 3
+    body = urllib.request.urlopen(watch._metrics_server.url, timeout=5).read().decode()
+    line = [x for x in body.splitlines() if x.startswith("phasewatch_records_dropped_total{")
+            and 'reason="other"' in x and 'run="drops"' in x]
+    assert line and float(line[0].rsplit(" ", 1)[1]) == 3.0
+    watch.close()
+
+
+def test_pause_settings_reach_the_monitor_schedule(tokenizer, batch):
+    ids, mask = batch
+    monitor = Monitor()
+    config = phasewatch.Config(run="pause", monitor=monitor, reweight="always",
+                               pause_on=("entropy_collapse", "entropy_explosion"), pause_steps=5)
+    watch = Watcher(config, tokenizer, strict=True)
+    watch.step(ids, mask, entropies=torch.ones(ids.shape), step=0)
+    schedule = monitor.schedule("pause")
+    assert schedule.pause_on == ("entropy_collapse", "entropy_explosion") and schedule.pause_steps == 5
+    assert watch.schedule == schedule
+    watch.close()
+
+
+def _rank_worker(rank: int, init_file: str, out: str) -> None:
+    """One of two gloo ranks: a Watcher saving rollouts (spawned by the test below)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        tok = train_tokenizer(TEXTS * 10, vocab_size=300, kind="metaspace")
+        encoded = [tok(TEXTS[rank])["input_ids"], tok(TEXTS[rank + 2])["input_ids"]]
+        length = max(map(len, encoded))
+        ids = torch.full((2, length), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(2, length, dtype=torch.long)
+        for i, e in enumerate(encoded):
+            ids[i, : len(e)] = torch.tensor(e)
+            mask[i, : len(e)] = 1
+        config = phasewatch.Config(run="ranks", save_rollouts=f"{out}/rollouts.jsonl", reweight="off")
+        watch = Watcher(config, tok, strict=True)
+        watch.step(ids, mask, entropies=torch.ones(ids.shape), rewards=torch.tensor([rank, rank + 0.5]), step=1)
+        watch.close()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_each_rank_writes_its_own_rollout_file(tmp_path):
+    """Two real gloo ranks: no gather, no waiting; rank N appends to rollouts.rankN.jsonl."""
+    import torch.multiprocessing as mp
+
+    from phasewatch.grams.rollouts import read_rollouts
+    from phasewatch.lexicon import fold_text
+
+    mp.spawn(_rank_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    assert not (tmp_path / "rollouts.jsonl").exists()
+    for rank in (0, 1):
+        rows = read_rollouts(tmp_path / f"rollouts.rank{rank}.jsonl")
+        assert [(r.step, r.reward, r.run) for r in rows] == [(1, rank, "ranks"), (1, rank + 0.5, "ranks")]
+        assert [fold_text(r.text)[:12] for r in rows] == [fold_text(TEXTS[rank])[:12], fold_text(TEXTS[rank + 2])[:12]]

@@ -39,8 +39,9 @@ def plain(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def off(tmp_path_factory):
-    trainer = build_trainer(recording(PhaseWatchGRPOTrainer), tmp_path_factory.mktemp("off"),
-                            phasewatch=phasewatch.Config(run="off", reweight="off"))
+    out = tmp_path_factory.mktemp("off")
+    trainer = build_trainer(recording(PhaseWatchGRPOTrainer), out,
+                            phasewatch=phasewatch.Config(run="off", reweight="off", save_rollouts=out / "rollouts.jsonl"))
     trainer.train()
     return trainer
 
@@ -118,6 +119,7 @@ def test_exception_inside_the_hook_does_not_stop_training(tmp_path, caplog):
         trainer.train()
     assert trainer.state.global_step == 2
     assert [h["phasewatch/errors"] for h in train_logs(trainer)] == [1, 2]
+    assert [h["phasewatch/dropped"] for h in train_logs(trainer)] == [1, 2]  # steps with nothing measured
     for inputs in trainer.loss_inputs:
         assert inputs["advantages"].dim() == 1  # untouched: GRPO's own (B,) advantages
     assert len([r for r in caplog.records if "label failed" in r.getMessage()]) == 1
@@ -149,7 +151,8 @@ def test_resume_restores_monitor_and_decision(tmp_path):
 def test_attach_monitors_an_existing_trainer_read_only(plain, tmp_path, caplog):
     trainer = build_trainer(recording(trl.GRPOTrainer), tmp_path, max_steps=1)
     with caplog.at_level(logging.WARNING, logger="phasewatch.hooks"):
-        watch = attach(trainer, phasewatch.Config(run="attached", reweight="always"))
+        watch = attach(trainer, phasewatch.Config(run="attached", reweight="always",
+                                                  save_rollouts=tmp_path / "attached.jsonl"))
     assert any("read-only" in r.getMessage() for r in caplog.records)
     assert isinstance(trainer, PhaseWatchMixin) and isinstance(trainer, trl.GRPOTrainer)
     trainer.train()
@@ -157,6 +160,9 @@ def test_attach_monitors_an_existing_trainer_read_only(plain, tmp_path, caplog):
     assert torch.equal(inputs["advantages"], plain.loss_inputs[0]["advantages"])  # never reweighted
     assert "phasewatch/entropy/execution" in train_logs(trainer)[0]
     assert [r.step for r in watch.client.monitor.records("attached")] == [1]
+    from phasewatch.grams.rollouts import read_rollouts
+
+    assert [r.step for r in read_rollouts(tmp_path / "attached.jsonl")] == [1] * 8  # read-only attach saves too
     with pytest.raises(ValueError, match="already runs phasewatch"):
         attach(trainer)
     with pytest.raises(ValueError, match="trl.GRPOTrainer"):
@@ -195,3 +201,36 @@ def test_tool_output_tokens_are_neither_planning_nor_execution(tmp_path):
     model_tokens = int((inputs["completion_mask"] * inputs["tool_mask"]).sum())
     assert record.values["tokens"] == model_tokens
     assert record.values["tokens/planning"] == int(planning.sum())
+
+
+def test_rollouts_saved_during_training_are_mined_by_grams_mine(off, tmp_path):
+    """Config(save_rollouts=...) on a real GRPOTrainer run: TRL's own completion texts with the
+    reward TRL computed for them, the step and the prompt; `phasewatch grams mine` reads it."""
+    from hooks_trl_worker import distinct_words_reward
+
+    from phasewatch.cli import main
+    from phasewatch.grams.rollouts import read_rollouts
+    from phasewatch.hooks.trl import prompt_id
+    from phasewatch.lexicon import Lexicon, fold_text
+
+    path = off.phasewatch.rollouts.path
+    rows = read_rollouts(path)
+    assert [r.step for r in rows] == [s for s in (1, 2, 3) for _ in range(8)]
+    assert {r.run for r in rows} == {"off"}
+    # the saved reward is the one TRL computed for that very text (reward = distinct words / 10)
+    assert [r.reward for r in rows] == pytest.approx(distinct_words_reward([r.text for r in rows]))
+    # GRPO groups: 4 generations of each prompt in a batch of 8 share a prompt id
+    from hooks_trl_worker import PROMPTS
+
+    for start in range(0, 24, 4):
+        assert len({r.group for r in rows[start:start + 4]}) == 1
+    assert {r.group for r in rows} <= {prompt_id(p) for p in PROMPTS}
+    assert len({r.group for r in rows}) >= 2
+
+    lexicon = tmp_path / "mined.txt"
+    # a random tiny model repeats single words, not phrases: mine 1-3-grams
+    assert main(["grams", "mine", str(path), "--embedder", "hashing", "--min-reward", "0", "--min-successful", "10",
+                 "--min-groups", "1", "--top-frac", "1", "--n", "1-3", "--out", str(lexicon), "--quiet"]) == 0
+    phrases = Lexicon.from_file(lexicon).phrases
+    texts = " | ".join(fold_text(r.text) for r in rows)
+    assert phrases and all(p in texts for p in phrases)

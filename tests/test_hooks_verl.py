@@ -91,6 +91,26 @@ def test_padded_batch_without_entropy_counts_tokens_and_auto_leaves_advantages(t
     assert record.values["tokens"] == int(mask.sum()) and "entropy" not in record.values
 
 
+def test_padded_batch_saves_the_real_rows_with_their_scores(tokenizer, tmp_path):
+    """+phasewatch.save_rollouts=FILE: real rows only (verl's padding rows left out), decoded
+    without masked tokens, reward = the row's summed token scores, under verl's global step."""
+    from phasewatch.grams.rollouts import read_rollouts
+
+    ids, mask = padded_batch(tokenizer)
+    keep = torch.tensor([True] * 6 + [False] * 2)
+    scores = torch.zeros(ids.shape)
+    lengths = mask.sum(dim=1)
+    scores[torch.arange(8), lengths - 1] = torch.arange(8, dtype=torch.float32)  # reward on the last token
+    config = config_from_verl({"run": "v", "save_rollouts": str(tmp_path / "r.jsonl")})
+    watch = Watcher(config, tokenizer, strict=True)
+    watch_padded_batch(watch, ids, mask, torch.ones(ids.shape), token_scores=scores, keep=keep, step=7)
+    watch.close()
+    rows = read_rollouts(tmp_path / "r.jsonl")
+    assert [(r.step, r.reward, r.run) for r in rows] == [(7, float(i), "v") for i in range(6)]
+    assert [r.text for r in rows] == [tokenizer.decode(ids[i][: lengths[i]].tolist(), skip_special_tokens=True)
+                                      for i in range(6)]
+
+
 def test_config_section_is_parsed_and_typos_are_named():
     config = config_from_verl({"run": "verl-run", "reweight": "always", "alpha": 0.1})
     assert (config.run, config.reweight, config.alpha) == ("verl-run", "always", 0.1)

@@ -146,3 +146,6 @@ def test_schedule_json_round_trip_and_validation():
 def test_from_config():
     cfg = Config(run="r1", reweight="always", alpha=0.4, ramp_steps=3)
     assert ReweightSchedule.from_config(cfg) == ReweightSchedule("always", 0.4, 3)
+    paused = Config(run="r1", pause_on=("entropy_explosion", "entropy_collapse"), pause_steps=7)
+    schedule = ReweightSchedule.from_config(paused)
+    assert schedule.pause_on == ("entropy_explosion", "entropy_collapse") and schedule.pause_steps == 7

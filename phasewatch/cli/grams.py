@@ -6,8 +6,10 @@ Cheap to import: numpy, scipy, the embedding model and tqdm load only when the c
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -43,7 +45,12 @@ def register(subparsers: Any) -> None:
             "write the top clusters' phrases as a lexicon file (load it with --lexicon or Config(lexicon=...))."
         ),
     )
-    mine.add_argument("rollouts", metavar="ROLLOUTS", help="rollouts file (.jsonl or .jsonl.gz)")
+    mine.add_argument(
+        "rollouts",
+        metavar="ROLLOUTS",
+        nargs="+",
+        help="rollouts files (.jsonl or .jsonl.gz), read in order: e.g. every rank's dump (rollouts.rank*.jsonl)",
+    )
     mine.add_argument(
         "-o", "--out", "--output", dest="out", metavar="FILE", default=None, help="lexicon file to write (default: stdout)"
     )
@@ -137,13 +144,18 @@ def run_mine(args: argparse.Namespace) -> int:
         config = mining_config(args, MiningConfig)
     except ValueError as exc:
         raise ValueError(option_message(str(exc))) from None
+    # Every file is checked before mining starts, so a mistyped second path is not found
+    # only after minutes spent on the first.
+    for path in args.rollouts:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"rollouts file not found: {path}")
+    source = ", ".join(args.rollouts)
     progress = not args.quiet
     if progress:
-        print(f"phasewatch grams mine: reading {args.rollouts}", file=sys.stderr)
+        print(f"phasewatch grams mine: reading {source}", file=sys.stderr)
     # streamed: only the successful rollouts' texts are kept in memory
-    result = mine_strategic_grams(
-        iter_rollouts(args.rollouts), embedder=args.embedder, config=config, progress=progress, source=args.rollouts
-    )
+    rollouts = itertools.chain.from_iterable(iter_rollouts(path) for path in args.rollouts)
+    result = mine_strategic_grams(rollouts, embedder=args.embedder, config=config, progress=progress, source=source)
     text = result.to_text()
     if args.out is None:
         write_stdout(text)

@@ -34,6 +34,8 @@ from phasewatch.demo.warmup import WarmupSettings
 
 #: File names inside the output folder.
 STORE_NAME = "phasewatch.db"
+#: Completions with their rewards, for ``phasewatch grams mine DIR/rollouts.jsonl``.
+ROLLOUTS_NAME = "rollouts.jsonl"
 MARKER_NAME = ".phasewatch-demo"
 RUN_ID = "demo"
 
@@ -171,7 +173,8 @@ def prepare_out(out: Path) -> Path:
         raise ValueError(f"--out {out}: {store} exists and was not written by phasewatch demo; choose another folder")
     if not os.access(out, os.W_OK):
         raise ValueError(f"--out {out}: folder is not writable")
-    for name in (STORE_NAME, STORE_NAME + "-wal", STORE_NAME + "-shm", "report.png", "report.html", "report.json"):
+    for name in (STORE_NAME, STORE_NAME + "-wal", STORE_NAME + "-shm", "report.png", "report.html", "report.json",
+                 ROLLOUTS_NAME):
         path = out / name
         if path.exists() and marker.exists():
             path.unlink()
@@ -396,7 +399,9 @@ def _train_with_phasewatch(config: DemoConfig, console: _Console, tokenizer: Any
             args=_grpo_args(config, scratch.name),
             train_dataset=dataset,
             processing_class=tokenizer,
-            phasewatch=Config(run=config.run, monitor=monitor, reweight="auto"),
+            phasewatch=Config(
+                run=config.run, monitor=monitor, reweight="auto", save_rollouts=store_path.parent / ROLLOUTS_NAME
+            ),
         )
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

@@ -27,14 +27,24 @@ Failing open: every phasewatch stage runs inside :class:`FailOpen`. An exception
 counted per stage (``Watcher.errors``, exported as ``phasewatch/errors``) and logged once with
 its traceback; training continues with unmodified advantages. Programming errors at the call
 site that can never succeed (e.g. ``step()`` with neither entropies nor logits) raise at once.
+A step whose record is lost that way (or that the monitor client dropped or rejected) is counted
+in ``phasewatch/dropped`` and, when this Watcher serves Prometheus (``Config.metrics_port``), in
+``phasewatch_records_dropped_total{reason}`` too, as the server does for remote clients.
+
+Rollouts: with ``Config.save_rollouts`` every hook calls :meth:`Watcher.save_rollouts` once per
+generation batch; the completions (decoded without padding or masked tokens, unless the trainer
+already has the texts), their rewards and the step go to a JSON-lines file through
+``phasewatch.grams.RolloutWriter``, one file per rank, never a collective.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 import torch
@@ -158,7 +168,6 @@ class Watcher:
     ) -> None:
         from phasewatch.client import initial_decision
         from phasewatch.labels import PlanningLabeler
-        from phasewatch.reweight import ReweightSchedule
 
         if config is None:
             config = Config()
@@ -175,7 +184,7 @@ class Watcher:
         self.config = config
         self.tokenizer = tokenizer
         self.labeler = labeler if labeler is not None else PlanningLabeler(config.lexicon)
-        self.schedule = ReweightSchedule.from_config(config)
+        self.schedule = schedule_from_config(config)
         self.group = group
         self.failures = FailOpen(strict=strict)
         self._client = client
@@ -191,6 +200,10 @@ class Watcher:
         self._synced = False  # the decision has been broadcast since the last end_step
         self.decision_wait_s = float(decision_wait_s)
         self.late_decisions = 0
+        self.steps_dropped = 0  # steps whose record a phasewatch failure lost (main process)
+        self._failures_seen = 0  # failures.total at the last end_step
+        self._drops_reported: Counter[str] = Counter()  # per reason, already sent to exporters
+        self._rollouts: Any = None  # RolloutWriter, opened on the first save
         importlib.import_module("phasewatch.dist")  # imported now rather than inside the first step
 
         if self.is_main:  # connect now: the first training step should not pay for imports
@@ -229,15 +242,37 @@ class Watcher:
 
     @property
     def dropped(self) -> int:
-        """Records the monitor client lost or refused (main process)."""
+        """Steps lost before the monitor saw them (main process): those the monitor client
+        dropped or the monitor refused, plus those a phasewatch failure lost in the hook."""
+        return sum(self._drop_counts().values())
+
+    def _drop_counts(self) -> dict[str, int]:
+        """Cumulative drops by ``phasewatch_records_dropped_total`` reason: ``buffer_full`` (the
+        client dropped it, the same reason the server gives a remote client's header count),
+        ``invalid`` (the monitor rejected it), ``other`` (a phasewatch failure in the hook)."""
+        counts = {"buffer_full": 0, "invalid": 0, "other": self.steps_dropped}
         client = self._client
-        if client is None:
-            return 0
-        try:
-            counters = client.counters()
-            return int(counters.dropped + counters.rejected)
-        except Exception:  # noqa: BLE001
-            return 0
+        if client is not None:
+            try:
+                counters = client.counters()
+                counts["buffer_full"] = int(counters.dropped)
+                counts["invalid"] = int(counters.rejected)
+            except Exception:  # noqa: BLE001
+                pass
+        return counts
+
+    def _report_drops(self) -> None:
+        """Send new drops to the Prometheus exporter this Watcher attached (in-process monitor;
+        a remote monitor's server counts them from the client's header)."""
+        exporters = [x for x in self._listeners if callable(getattr(x, "record_dropped", None))]
+        if not exporters:
+            return
+        for reason, total in self._drop_counts().items():
+            new = total - self._drops_reported[reason]
+            if new > 0:
+                self._drops_reported[reason] = total
+                for exporter in exporters:
+                    exporter.record_dropped(self.run, new, reason)
 
     def _connect(self) -> Any:
         from phasewatch.client import InProcessClient, MonitorClient
@@ -420,10 +455,21 @@ class Watcher:
             record = self.failures.call("record", reduced.to_record, int(step))
         if record is not None and "entropy" not in record.values and "tokens" not in record.values:
             record = None  # nothing was measured anywhere this step: send nothing, leave a gap
-        if record is not None and self.is_main:
+        # a step is dropped by the hook when a phasewatch failure on this process left it with
+        # nothing measured (not when the trainer simply gave nothing to measure); a record of
+        # empty statistics still goes to the monitor, which then knows the step happened
+        failed = self.failures.total > self._failures_seen
+        measured = record is not None and ("entropy" in record.values or bool(record.values.get("tokens")))
+        if self.is_main:
             client = self.client
-            if client is not None:
-                self.failures.call("send", client.submit, record)
+            lost = failed and not measured
+            if record is not None and client is not None:
+                if self.failures.call("send", client.submit, record, default=_FAILED) is _FAILED:
+                    lost = True
+            if lost:
+                self.steps_dropped += 1
+            self.failures.call("metrics", self._report_drops)
+        self._failures_seen = self.failures.total
         self._synced = False
         self.last_record = record
         self.steps_ended += 1
@@ -463,6 +509,8 @@ class Watcher:
             if out_adv.dim() == 1:
                 out_adv = out_adv.unsqueeze(1).expand(tuple(completion_ids.shape))
         self.last_alpha = alpha
+        if rewards is not None and self.config.save_rollouts is not None:
+            self.save_rollouts(rewards, completion_ids=completion_ids, completion_mask=completion_mask, step=step)
         if entropies is None:
             entropies = self.failures.call("entropy", _entropy_from_logits, logits)
         if entropies is not None and planning_mask is not None:
@@ -473,6 +521,52 @@ class Watcher:
         self.end_step(step)
         decision = self.sync_decision()  # wait for this step's decision: a plain loop wants it now
         return WatchResult(out_adv, decision, alpha, planning_mask, self.last_record)
+
+    # -- rollouts ---------------------------------------------------------------------------
+    def save_rollouts(
+        self,
+        rewards: Any,
+        *,
+        texts: list[str] | None = None,
+        completion_ids: torch.Tensor | None = None,
+        completion_mask: torch.Tensor | None = None,
+        step: int | None = None,
+        groups: list[str | int] | None = None,
+    ) -> int:
+        """Append this process's completions and rewards to ``Config.save_rollouts``.
+
+        Give ``texts`` when the trainer already decoded them; otherwise ``completion_ids``
+        (B, T) and ``completion_mask`` are decoded here (masked positions, i.e. padding and
+        tool output, left out; special tokens skipped). ``rewards``: one number per completion
+        (NaN -> null). ``groups``: the prompt each completion answers, when known. Returns how
+        many were written: 0 when saving is off, the size cap was reached, or it failed (counted
+        under ``rollouts`` in ``errors``, logged once; training goes on).
+        """
+        if self.config.save_rollouts is None:
+            return 0
+        return self.failures.call(
+            "rollouts", self._save_rollouts, rewards, texts, completion_ids, completion_mask, step, groups, default=0
+        )
+
+    def _save_rollouts(self, rewards, texts, completion_ids, completion_mask, step, groups) -> int:
+        if texts is None:
+            if completion_ids is None:
+                raise ValueError("save_rollouts: give texts= or completion_ids=")
+            texts = decode_completions(self.tokenizer, completion_ids, completion_mask)
+        writer = self._rollouts
+        if writer is None:
+            from phasewatch.grams.rollouts import RolloutWriter
+
+            world_size, rank = self.world
+            path = rollouts_path(self.config.save_rollouts, world_size, rank)
+            writer = RolloutWriter(path, run=self.run, max_bytes=self.config.rollouts_max_bytes)
+            self._rollouts = writer
+        return writer.write_many(texts, rewards, step=self._next_step if step is None else int(step), groups=groups)
+
+    @property
+    def rollouts(self) -> Any:
+        """The ``RolloutWriter`` in use (``.path``, ``.written``, ``.dropped``), or ``None``."""
+        return self._rollouts
 
     # -- reporting --------------------------------------------------------------------------
     def metrics(self, prefix: str = "phasewatch/") -> dict[str, float]:
@@ -541,10 +635,15 @@ class Watcher:
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Flush the client and stop what this watcher started (metrics server, listeners)."""
-        client, self._client = self._client, None
-        self._client_failed = True
+        client = self._client
         if client is not None:
             self.failures.call("close", client.close, timeout)
+            self.failures.call("metrics", self._report_drops)  # what close() gave up on
+        self._client = None
+        self._client_failed = True
+        writer, self._rollouts = self._rollouts, None
+        if writer is not None:
+            self.failures.call("close", writer.close)
         server, self._metrics_server = self._metrics_server, None
         if server is not None:
             self.failures.call("close", server.close)
@@ -553,6 +652,45 @@ class Watcher:
             if callable(closer):
                 self.failures.call("close", closer)
         self._listeners = []
+
+
+_FAILED = object()  # FailOpen's default: tells a failed call from one that returned None
+
+
+def schedule_from_config(config: Config) -> Any:
+    """The run's ``ReweightSchedule``: reweight mode, alpha, ramp and the pause settings."""
+    from phasewatch.reweight import ReweightSchedule
+
+    schedule = ReweightSchedule.from_config(config)
+    return dataclasses.replace(schedule, pause_on=tuple(config.pause_on), pause_steps=config.pause_steps)
+
+
+def rollouts_path(path: str | Path, world_size: int, rank: int) -> Path:
+    """Where this rank writes its rollouts: ``path`` itself with one process; with several,
+    ``.rank{N}`` before the extension (``rollouts.jsonl.gz`` -> ``rollouts.rank1.jsonl.gz``),
+    so every rank appends to its own file and none waits for another."""
+    path = Path(path)
+    if world_size <= 1:
+        return path
+    name = path.name
+    tail = ""
+    if name.endswith(".gz") and len(name) > 3:
+        name, tail = name[:-3], ".gz"
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:  # no extension (or a dot file): the suffix goes at the end
+        stem, ext = name, ""
+    return path.with_name(f"{stem}.rank{rank}" + (f".{ext}" if ext else "") + tail)
+
+
+def decode_completions(tokenizer: Any, completion_ids: torch.Tensor, completion_mask: torch.Tensor | None) -> list[str]:
+    """One string per row: the tokens where ``completion_mask`` is set, special tokens skipped."""
+    ids = completion_ids.detach().cpu()
+    keep = None if completion_mask is None else completion_mask.detach().cpu().bool()
+    rows = [(ids[row] if keep is None else ids[row][keep[row]]).tolist() for row in range(ids.shape[0])]
+    batch_decode = getattr(tokenizer, "batch_decode", None)
+    if callable(batch_decode):  # one call: a fast tokenizer decodes the batch in Rust
+        return list(batch_decode(rows, skip_special_tokens=True))
+    return [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in rows]
 
 
 def _replay(monitor: Any, run: str, records: list[Mapping[str, Any]]) -> None:
@@ -581,4 +719,13 @@ def _entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
         return token_entropy(logits.detach())
 
 
-__all__ = ["FailOpen", "PHASE_CODES", "WatchResult", "Watcher", "distributed_world"]
+__all__ = [
+    "FailOpen",
+    "PHASE_CODES",
+    "WatchResult",
+    "Watcher",
+    "decode_completions",
+    "distributed_world",
+    "rollouts_path",
+    "schedule_from_config",
+]

@@ -9,13 +9,16 @@ Two lines for a user::
 The trainer is TRL's own; phasewatch wraps five of its methods and never re-implements them
 (each override calls ``super()`` and works on what it returns):
 
-- ``_calculate_rewards``: keeps the rewards TRL computed (for per-outcome statistics).
+- ``_calculate_rewards``: keeps the rewards TRL computed (for per-outcome statistics) and,
+  with ``Config.save_rollouts``, the completion texts TRL decoded and their prompts.
 - ``_generate_and_score_completions``: labels planning tokens once per generation batch and
   adds ``planning_mask`` (B, T) and ``planning_phrases`` to the batch dict, which TRL shuffles
   and splits together with everything else; then, if the decision in force has ``alpha > 0``,
   replaces ``advantages`` (B,) by HICRA's per-token (B, T) advantages, which TRL's loss
   accepts since 0.26. Tool-output tokens (TRL's ``tool_mask`` = 0) are neither planning nor
-  execution.
+  execution. With ``Config.save_rollouts`` this rank's completions (TRL's own texts, no second
+  decode), their total rewards, the step and a prompt id (a short hash of the prompt) are
+  appended to the rollout file.
 - ``_get_per_token_logps_and_entropies``: while the loss is being computed, keeps a detached
   reference to the entropies and log-probs TRL computes anyway (no extra forward pass).
 - ``_compute_loss``: after TRL's loss, adds the micro-batch's statistics; on the last
@@ -42,6 +45,7 @@ never token ids, masks or per-token entropies.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -87,12 +91,15 @@ class PhaseWatchMixin:
         self._pw_read_only = read_only
         self._pw_capture: list[tuple[torch.Tensor, torch.Tensor | None]] | None = None
         self._pw_rewards_per_func: torch.Tensor | None = None
+        self._pw_completions: tuple[list, list] | None = None  # (prompts, completions), this rank's
         self._pw_batch_alpha = 0.0
 
     # -- generation: labels, rewards, reweighting -----------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._pw_rewards_per_func = rewards_per_func
+        if self.phasewatch.config.save_rollouts is not None:
+            self._pw_completions = (list(prompts), list(completions))
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
@@ -126,8 +133,24 @@ class PhaseWatchMixin:
             output[PLANNING_MASK_KEY] = labels.planning_mask
             output[PHRASES_KEY] = labels.phrases
         output[REWARDS_KEY] = rewards
+        if watch.config.save_rollouts is not None:  # on its own fail-open stage: never costs the reweighting
+            watch.failures.call("rollouts", self._pw_save_rollouts, output, model_tokens, rewards)
         if labels is not None and not self._pw_read_only:
             output["advantages"], self._pw_batch_alpha = watch.reweight(output["advantages"], labels.planning_mask)
+
+    def _pw_save_rollouts(self, output: dict, model_tokens: torch.Tensor, rewards: torch.Tensor) -> None:
+        """This rank's completions with their rewards, step and prompt id, to the rollout file.
+        TRL's decoded texts are reused; ids are decoded only when they are not plain text."""
+        captured, self._pw_completions = self._pw_completions, None
+        texts = groups = None
+        if captured is not None and len(captured[1]) == len(rewards):
+            prompts, completions = captured
+            texts = completion_texts(completions)
+            groups = [prompt_id(p) for p in prompts]
+        self.phasewatch.save_rollouts(
+            rewards, texts=texts, completion_ids=output["completion_ids"], completion_mask=model_tokens,
+            step=int(self.state.global_step) + 1, groups=groups,
+        )
 
     def _pw_local_rewards(self, batch: int, device: torch.device) -> torch.Tensor:
         """This rank's rows of the weighted total reward TRL computed (NaN when unscorable)."""
@@ -240,6 +263,31 @@ class PhaseWatchMixin:
         return output
 
 
+def completion_texts(completions: list) -> list[str] | None:
+    """TRL's completions as plain strings: the strings themselves, or the joined ``content`` of
+    conversational messages; ``None`` when any is neither (then the ids are decoded instead)."""
+    texts = []
+    for completion in completions:
+        if isinstance(completion, str):
+            texts.append(completion)
+        elif isinstance(completion, list) and all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) for m in completion
+        ):
+            texts.append("".join(m["content"] for m in completion))
+        else:
+            return None
+    return texts
+
+
+def prompt_id(prompt: Any) -> str:
+    """A short stable id of a prompt (text or messages), so the miner can tell prompts apart."""
+    if isinstance(prompt, str):
+        raw = prompt
+    else:
+        raw = json.dumps(prompt, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.blake2b(raw.encode("utf-8"), digest_size=6).hexdigest()
+
+
 def _write_state(folder: str, state: dict) -> None:
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, STATE_FILE + ".tmp")
@@ -287,4 +335,4 @@ def attach(trainer: Any, config: Config | None = None) -> Watcher:
     return trainer.phasewatch
 
 
-__all__ = ["PhaseWatchGRPOTrainer", "PhaseWatchMixin", "attach", "STATE_FILE"]
+__all__ = ["PhaseWatchGRPOTrainer", "PhaseWatchMixin", "attach", "STATE_FILE", "completion_texts", "prompt_id"]

@@ -10,6 +10,8 @@ verl's driver (the ``TaskRunnerV1`` Ray actor) sees each step's whole batch in
   the step statistics; and, when the decision in force has ``alpha > 0``, write HICRA's
   advantages back (``A + alpha*|A|`` on planning tokens). Tokens outside ``response_mask``
   (tool and observation tokens of multi-turn rollouts) are neither planning nor execution.
+  With ``+phasewatch.save_rollouts=FILE`` the responses (decoded without masked tokens), their
+  summed ``rm_scores`` and the global step are appended to that JSON-lines file.
 - ``_compute_metrics``: once per global step, hand the step's record to the monitor, take its
   decision (applied from the next step's advantages) and add ``phasewatch/...`` numbers to
   the step's metrics, so they reach verl's ``Tracking`` backends (console, W&B, file, ...).
@@ -98,13 +100,16 @@ def watch_padded_batch(
     old_log_probs: torch.Tensor | None = None,
     token_scores: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
+    step: int | None = None,
 ) -> tuple[torch.Tensor | None, float]:
     """One (mini-)batch on padded ``(B, T)`` tensors: label, add statistics, reweight.
 
     ``keep`` marks real rows (verl pads batches to a multiple of the data-parallel size; padding
     rows are left out of the statistics). ``entropy`` may be missing (verl's bypass mode
-    recomputes no log-probs): tokens are then counted, their entropy is not. Returns the new
-    advantages, or ``None`` when they are unchanged, and the alpha applied.
+    recomputes no log-probs): tokens are then counted, their entropy is not. With
+    ``Config.save_rollouts``, the real rows are decoded (masked tokens left out) and appended
+    with their rewards (``token_scores`` summed; unknown without them) under ``step``. Returns
+    the new advantages, or ``None`` when they are unchanged, and the alpha applied.
     """
     watch.sync_decision()
     labels = watch.label(responses, response_mask)
@@ -112,6 +117,8 @@ def watch_padded_batch(
         return None, 0.0
     planning = labels.planning_mask
     rows = torch.ones(responses.shape[0], dtype=torch.bool) if keep is None else keep.bool().cpu()
+    if watch.config.save_rollouts is not None and bool(rows.any()):
+        watch.failures.call("rollouts", _save_padded_rollouts, watch, responses, response_mask, token_scores, rows, step)
     if bool(rows.any()):
         index = rows.nonzero().squeeze(1).to(responses.device)
         ent = entropy if entropy is not None else torch.full(responses.shape, float("nan"))
@@ -126,6 +133,24 @@ def watch_padded_batch(
         )
     new, alpha = watch.reweight(advantages, planning)
     return (new if alpha > 0.0 else None), alpha
+
+
+def _save_padded_rollouts(
+    watch: Watcher,
+    responses: torch.Tensor,
+    response_mask: torch.Tensor,
+    token_scores: torch.Tensor | None,
+    rows: torch.Tensor,
+    step: int | None,
+) -> int:
+    index = rows.nonzero().squeeze(1)
+    ids = responses.index_select(0, index.to(responses.device))
+    mask = response_mask.index_select(0, index.to(response_mask.device))
+    if token_scores is None:
+        rewards = [float("nan")] * len(index)
+    else:
+        rewards = (token_scores * response_mask).sum(dim=-1).index_select(0, index.to(token_scores.device))
+    return watch.save_rollouts(rewards, completion_ids=ids, completion_mask=mask, step=step)
 
 
 def _build_trainer_class() -> type:
@@ -192,6 +217,7 @@ def _build_trainer_class() -> type:
                 old_log_probs=padded.get("old_log_probs", None),
                 token_scores=padded.get("rm_scores", None),
                 keep=keep,
+                step=getattr(self, "global_steps", None),
             )
             self._pw_alpha = alpha
             if new is None:
