@@ -80,8 +80,16 @@ def test_pool_phi_is_robust_to_one_wild_estimate():
     def model(phi_hat, n):
         return NoiseModel(level=1.0, sd=0.1, phi=phi_hat, long_run_sd=0.1, phi_hat=phi_hat, n=n, diff_sd=0.1)
 
-    pooled = pool_phi([model(0.2, 100), model(0.25, 100), model(0.9, 100)])
-    assert pooled == pytest.approx(0.25 + 1.5 / np.sqrt(300))  # the median, plus the margin
+    wild = [model(0.2, 100), model(0.25, 100), model(0.9, 100)]
+    # without the prior: the median, plus the margin
+    assert pool_phi(wild, prior_weight=0.0) == pytest.approx(0.25 + 1.5 / np.sqrt(300))
     # two series: sample-size weighted mean
-    assert pool_phi([model(0.2, 300), model(0.6, 100)]) == pytest.approx(0.3 + 1.5 / np.sqrt(400))
+    assert pool_phi([model(0.2, 300), model(0.6, 100)], prior_weight=0.0) == pytest.approx(0.3 + 1.5 / np.sqrt(400))
+    # the wild estimate does not move the pooled value: same as a third sane estimate
+    assert pool_phi(wild) == pytest.approx(pool_phi([model(0.2, 100), model(0.25, 100), model(0.25, 100)]))
+    # with the prior, a few values are shrunk toward it; many values let the data decide
+    few = pool_phi([model(0.0, 10), model(0.0, 10)], prior=0.3, prior_weight=48.0)
+    assert few == pytest.approx(48 * 0.3 / 68 + 1.5 / np.sqrt(68))
+    many = pool_phi([model(0.0, 5000), model(0.0, 5000)], prior=0.3, prior_weight=48.0)
+    assert many < 0.03
     assert pool_phi([]) == pytest.approx(0.9)  # nothing known: assume the worst

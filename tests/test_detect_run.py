@@ -103,9 +103,21 @@ def test_state_stays_bounded_on_a_long_run():
                                   "entropy/planning": 0.8 + rng.normal(0, 0.02),
                                   "entropy/execution": 0.2 + rng.normal(0, 0.01)}))
     shift = det._shift
-    assert all(len(h) <= shift.confirm_window + 15 for h in shift.history.values())
-    assert all(len(d.standardiser.window.values) <= 64 for d in shift.rise.values())
-    assert all(len(m.window.values) <= 64 for m in det._health.values())
+
+    def sizes():
+        return ([len(shift.windows.steps)] + [len(v) for v in shift.windows.clean.values()]
+                + [len(v) for v in shift.windows.recent.values()]
+                + [len(shift.consolidation.values), len(shift.consolidation.head)]
+                + [len(w.values) for w in shift.noise.values()]
+                + [len(m.window.values) for m in det._health.values()])
+
+    at_3000 = sizes()
+    assert max(at_3000) <= 64  # every window is capped by config.window
+    for i in range(3000, 6000):
+        det.update(StepRecord(i, {"semantic_entropy": 2 + rng.normal(0, 0.05),
+                                  "entropy/planning": 0.8 + rng.normal(0, 0.02),
+                                  "entropy/execution": 0.2 + rng.normal(0, 0.01)}))
+    assert sizes() == at_3000  # twice the history, same state
 
 
 def test_config_rejects_bad_values_with_the_field_name():
@@ -134,3 +146,73 @@ def test_a_pickled_detector_continues_exactly_like_the_original():
     rest_a = [e.to_json() for rec in records[40:] for e in original.update(rec)]
     rest_b = [e.to_json() for rec in records[40:] for e in copy.update(rec)]
     assert rest_a == rest_b and any(e["kind"] == PHASE_SHIFT for e in rest_a)
+
+
+def _settling_run(seed: int, rise: float) -> list[StepRecord]:
+    """Execution entropy keeps settling (0.18 -> 0.06, time constant 50 steps) while semantic
+    entropy rises by ``rise`` (relative) and planning entropy by half that from step 60: the
+    shape of the real tiny-model GRPO demo runs, where execution entropy has not finished
+    falling when planning takes over."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(140.0)
+    ramp = np.clip((t - 60) / 50, 0, 1)
+    execution = 0.06 + 0.12 * np.exp(-t / 50)
+    semantic = 0.3 * (1 + rise * ramp)
+    planning = 0.05 * (1 + 0.5 * rise * ramp)
+    return [StepRecord(i, {"entropy/execution": execution[i] * (1 + rng.normal(0, 0.02)),
+                           "semantic_entropy": semantic[i] * (1 + rng.normal(0, 0.04)),
+                           "entropy/planning": planning[i] * (1 + rng.normal(0, 0.04))})
+            for i in range(t.size)]
+
+
+def _first_shift(records, config=None):
+    det = RunDetector(config)
+    for rec in records:
+        for event in det.update(rec):
+            if event.kind == PHASE_SHIFT:
+                return event.step
+    return None
+
+
+@pytest.mark.parametrize("seed", [0, 1, 3])
+def test_a_strong_planning_rise_is_found_while_execution_still_settles(seed):
+    found = _first_shift(_settling_run(seed, rise=1.0))
+    assert found is not None and 60 < found <= 85
+    # the veto without its ratio (any significant execution fall blocks) misses it
+    assert _first_shift(_settling_run(seed, rise=1.0), DetectionConfig(execution_falling_ratio=0.0)) is None
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_small_planning_drift_while_execution_falls_is_not_a_shift(seed):
+    assert _first_shift(_settling_run(seed, rise=0.1)) is None
+
+
+def _flat_run(seed: int, n: int) -> list[StepRecord]:
+    """Execution consolidates within the first few hundred steps, then every series stays flat
+    (AR(1) noise, coefficient 0.5) for thousands of steps: no phase shift anywhere."""
+    rng = np.random.default_rng(seed)
+
+    def ar1(sd: float, phi: float = 0.5) -> np.ndarray:
+        e = rng.normal(0.0, sd * np.sqrt(1 - phi * phi), n)
+        out = np.empty(n)
+        out[0] = rng.normal(0.0, sd)
+        for i in range(1, n):
+            out[i] = phi * out[i - 1] + e[i]
+        return out
+
+    t = np.arange(n, dtype=float)
+    execution = 0.15 + 0.2 * np.exp(-t / 50.0) + ar1(0.01)
+    planning = 0.6 + ar1(0.03)
+    semantic = 2.0 + ar1(0.05)
+    nll_planning = 0.9 * planning + ar1(0.02)
+    return [StepRecord(i, {"entropy/execution": execution[i], "entropy/planning": planning[i],
+                           "semantic_entropy": semantic[i], "nll/planning": nll_planning[i]})
+            for i in range(n)]
+
+
+def test_thousands_of_flat_steps_after_consolidation_raise_no_shift():
+    # tens of thousands of scans: the best-looking knot's residual noise is biased low, and
+    # without a cap on how much it may raise a t statistic this run false-alarms at step ~1,400
+    records = _flat_run(4, 5000)
+    assert _first_shift(records) is None
+    assert _first_shift(records, DetectionConfig(refit_max_gain=1e9)) is not None

@@ -10,6 +10,12 @@ values of a series to say *where* it began and how large it is. It runs on candi
   ``CostCLinear``, draws each segment's line through two single samples, so one noisy sample
   moves the knot; its ``Dynp`` search also costs ~8 ms for 256 values against ~0.1 ms here.
   ``benchmarks/bench_detect.py`` measures both.)
+* :func:`hinge_scan`: the same one-knot fit for *every* candidate knot of a window at once,
+  each fitted on a local stretch (``pre`` steps before its knot to the end), vectorised with
+  prefix sums and batched 3x3 solves. Local, because a long stretch before the knot makes a
+  straight "before" line cut through the curve of a consolidating (decaying) series, and the
+  continuity constraint then tilts the "after" line upward: a fall that flattens would look
+  like a rise. Observations may sit at irregular steps (gaps).
 * :class:`MeanShiftConfirmer`: the last mean shift, with ruptures
   (``KernelCPD(kernel="linear")``, in C, a fresh estimator per fit since reused estimators
   can return stale results, ruptures#372; ``jump=1``, since the default 5 rounds breakpoints
@@ -127,6 +133,171 @@ def hinge_search(y: np.ndarray, min_size: int = 5, direction: int = 0) -> int | 
     if gain[best] < 0:
         return None
     return int(k[best])
+
+
+@dataclass(frozen=True)
+class HingeScan:
+    """One-knot fits of one window at every knot of ``knots`` (arrays aligned with it).
+
+    ``t_after``/``t_change``: t statistics (long-run, AR(1)-aware errors) of the slope after
+    the knot and of the change of slope (NaN where the knot has fewer than 3 observations on
+    either side); ``relative_rise``: fitted rise from the knot to ``end`` divided by the
+    fitted level at the knot; ``rise_sd`` the same rise in noise standard deviations.
+    """
+
+    knots: np.ndarray
+    level: np.ndarray
+    slope_before: np.ndarray
+    slope_after: np.ndarray
+    t_after: np.ndarray
+    t_change: np.ndarray
+    relative_rise: np.ndarray
+    rise_sd: np.ndarray
+
+
+def hinge_scan(steps: np.ndarray, y: np.ndarray, knots: np.ndarray, noise: NoiseModel, *,
+               pre: float = 24.0, end: float | None = None) -> HingeScan:
+    """Least-squares fits ``y ~ a + b (t - k) + c (t - k)+`` on ``t >= k - pre`` for every knot
+    ``k`` in ``knots`` (steps, any spacing), all at once. O(len(knots) + len(y)). NaN values
+    are missing observations."""
+    y = np.asarray(y, dtype=float)
+    out = hinge_scan_many(steps, y[None, :], knots, np.array([noise.long_run_sd]), np.array([noise.sd]),
+                          pre=pre, end=end)
+    return HingeScan(out.knots, *(getattr(out, f)[0] for f in
+                                  ("level", "slope_before", "slope_after", "t_after", "t_change",
+                                                   "relative_rise", "rise_sd")))
+
+
+def hinge_scan_many(steps: np.ndarray, ys: np.ndarray, knots: np.ndarray, long_run_sd: np.ndarray,
+                    sd: np.ndarray, *, pre: float = 24.0, end: float | None = None) -> HingeScan:
+    """:func:`hinge_scan` for several series observed on the same steps at once: ``ys`` is
+    (series, steps) with NaN where a series has no value; ``long_run_sd`` and ``sd`` give each
+    series' noise. The fields of the result are (series, knots) arrays (``knots`` 1-d).
+
+    Missing values are zero-weighted in every sum, so each series is fitted on its own
+    observations; steps are centred on the first one before squaring (long runs reach steps
+    in the hundreds of thousands)."""
+    t0 = float(steps[0]) if len(steps) else 0.0
+    t = np.asarray(steps, dtype=float) - t0
+    k = np.asarray(knots, dtype=float) - t0
+    ys = np.asarray(ys, dtype=float)
+    end_t = (float(t[-1]) if len(t) else 0.0) if end is None else float(end) - t0
+    w = np.isfinite(ys)
+    y = np.where(w, ys, 0.0)
+    wf = w.astype(float)
+    m, n = ys.shape
+    # the five running sums every fit needs (count, t, t^2, y, t*y), one cumulative pass
+    sums = np.zeros((5, m, n + 1))
+    np.cumsum(np.stack([wf, wf * t, wf * (t * t), y, y * t]), axis=2, out=sums[:, :, 1:])
+    first = np.searchsorted(t, k - pre, side="left")
+    after = np.searchsorted(t, k, side="right")
+    total = sums[:, :, n:]
+    cnt, s_t, s_tt, s_y, s_ty = total - sums[:, :, first]
+    cnt_p, s_tp, s_ttp, s_yp, s_typ = total - sums[:, :, after]
+    x1 = s_t - cnt * k
+    x11 = s_tt - 2.0 * k * s_t + cnt * k * k
+    x2 = s_tp - cnt_p * k
+    x22 = s_ttp - 2.0 * k * s_tp + cnt_p * k * k
+    ok = (cnt_p >= 3) & (cnt - cnt_p >= 3)
+    # symmetric 3x3 normal equations [[a b c] [b d e] [c e f]] (here e == f: (t-k)(t-k)+ is
+    # (t-k)+^2), inverted in closed form by cofactors: much cheaper than a batched solver
+    a, b, c, d, e = cnt, x1, x2, x11, x22
+    f = e
+    i11 = d * f - e * e
+    i12 = c * e - b * f
+    i13 = b * e - c * d
+    i22 = a * f - c * c
+    i23 = b * c - a * e
+    i33 = a * d - b * b
+    det = a * i11 + b * i12 + c * i13
+    ok &= det > 1e-9 * np.maximum(a * d * f, 1e-300)
+    det = np.where(ok, det, 1.0)
+    r0, r1, r2 = s_y, s_ty - k * s_y, s_typ - k * s_yp
+    level = (i11 * r0 + i12 * r1 + i13 * r2) / det
+    slope_before = (i12 * r0 + i22 * r1 + i23 * r2) / det
+    change = (i13 * r0 + i23 * r1 + i33 * r2) / det
+    var_after = (i22 + 2.0 * i23 + i33) / det
+    var_change = i33 / det
+    slope_after = slope_before + change
+    lr = np.asarray(long_run_sd, dtype=float)[:, None]
+    sdv = np.asarray(sd, dtype=float)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_after = np.where(ok, slope_after / (lr * np.sqrt(np.maximum(var_after, 1e-300))), np.nan)
+        t_change = np.where(ok, change / (lr * np.sqrt(np.maximum(var_change, 1e-300))), np.nan)
+        rise = slope_after * (end_t - k)
+        relative = np.where(ok, rise / np.maximum(np.abs(level), 1e-300), np.nan)
+        rise_sd = np.where(ok, rise / sdv, np.nan)
+    return HingeScan(k + t0, level, slope_before, slope_after, t_after, t_change, relative, rise_sd)
+
+
+@dataclass(frozen=True)
+class LineFit:
+    """Least-squares line through a window: slope, its t statistic (long-run errors), the
+    fitted level at the first and last step, and the relative rise between them."""
+
+    slope: float
+    t: float
+    start: float
+    end: float
+    relative_rise: float
+
+
+def line_fit(steps: np.ndarray, y: np.ndarray, noise: NoiseModel) -> LineFit | None:
+    """The straight line through ``(steps, y)``; None for fewer than 4 observations."""
+    t = np.asarray(steps, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if t.size < 4:
+        return None
+    tc = t - t.mean()
+    stt = float(tc @ tc)
+    if stt <= 0:
+        return None
+    slope = float(tc @ (y - y.mean())) / stt
+    mean = float(y.mean())
+    start = mean + slope * (float(t[0]) - float(t.mean()))
+    end = mean + slope * (float(t[-1]) - float(t.mean()))
+    t_stat = slope / (noise.long_run_sd / math.sqrt(stt))
+    rel = (end - start) / abs(start) if start != 0 else math.inf
+    return LineFit(slope, t_stat, start, end, rel)
+
+
+@dataclass(frozen=True)
+class ResidualNoise:
+    """Noise seen in the residuals of a fit: marginal standard deviation, lag-1
+    autocorrelation (small-sample bias corrected) and the number of residuals."""
+
+    sd: float
+    rho: float
+    n: int
+
+
+def residual_noise(residuals: np.ndarray) -> ResidualNoise | None:
+    """Scale and lag-1 autocorrelation of a fit's residuals (time order; NaN = missing and
+    breaks the lag pairs); None for fewer than 8. The scale is the root mean square (3 fitted
+    parameters): the fit is least squares, so an outlier that the spike filter let through
+    moves the fit as much as it moves this scale.
+
+    The scale of the *trend-free* residuals is what a t statistic needs: noise estimated
+    from raw values (even from their differences) is inflated, and its autocorrelation
+    overestimated, by the very trend being tested. Lag-1 autocorrelation of regression
+    residuals is biased toward -(1 + 3 rho) / n; that is added back."""
+    r = np.asarray(residuals, dtype=float)
+    ok = np.isfinite(r)
+    n = int(ok.sum())
+    if n < 8:
+        return None
+    rr = r[ok]
+    sd = math.sqrt(float(rr @ rr) / max(n - 3, 1))
+    if sd <= 0:
+        return None
+    c = np.where(ok, np.clip(r, -3.0 * sd, 3.0 * sd), np.nan)
+    a, b = c[1:], c[:-1]
+    pair = np.isfinite(a) & np.isfinite(b)
+    a, b = a[pair], b[pair]
+    denom = math.sqrt(float(a @ a) * float(b @ b))
+    rho = float(a @ b) / denom if denom > 0 else 0.0
+    rho = rho + (1.0 + 3.0 * max(rho, 0.0)) / n
+    return ResidualNoise(sd, min(max(rho, -0.5), 0.95), n)
 
 
 class TrendChangeConfirmer:

@@ -37,37 +37,32 @@ class EvidenceFusion:
     def reset(self) -> None:
         m = len(self.names)
         self.correlation = np.ones((m, m))  # conservative until estimated
+        self._corr_rows = self.correlation.tolist()
         self._rows: deque[np.ndarray] = deque(maxlen=self.window)
         self._since = 0
         self.z = math.nan
 
     def update(self, zs: dict[str, float], raw: dict[str, float] | None = None) -> float:
-        row = np.full(len(self.names), np.nan)
-        for name, z in zs.items():
-            i = self.index.get(name)
-            if i is not None and z == z:
-                row[i] = z
-        raw_row = row.copy() if raw is None else np.full(len(self.names), np.nan)
-        if raw is not None:
-            for name, x in raw.items():
-                i = self.index.get(name)
-                if i is not None and x == x:
-                    raw_row[i] = x
-        self._rows.append(raw_row)
+        # plain Python on a handful of series: a numpy round trip per step costs more than
+        # the arithmetic (this runs on every training step)
+        names = self.names
+        source = zs if raw is None else raw
+        self._rows.append(tuple(_finite_or_nan(source.get(n)) for n in names))
         self._since += 1
         if self._since >= self.calibrate_every:
             self._calibrate()
-        present = np.flatnonzero(~np.isnan(row))
-        if present.size == 0:
+        present = [i for i, n in enumerate(names) if _finite(zs.get(n))]
+        if not present:
             self.z = math.nan
             return self.z
-        sub = self.correlation[np.ix_(present, present)]
-        self.z = float(row[present].sum() / math.sqrt(max(float(sub.sum()), 1.0)))
+        corr = self._corr_rows
+        total = sum(corr[i][j] for i in present for j in present)
+        self.z = float(sum(zs[names[i]] for i in present) / math.sqrt(max(total, 1.0)))
         return self.z
 
     def _calibrate(self) -> None:
         self._since = 0
-        rows = np.array(self._rows)
+        rows = np.array(self._rows, dtype=float)
         if rows.shape[0] < self.min_pairs + 1:
             return
         diffs = np.diff(rows, axis=0)
@@ -87,6 +82,15 @@ class EvidenceFusion:
                 r = (pairs * r + self.prior_weight * self.prior) / (pairs + self.prior_weight)
                 corr[i, j] = corr[j, i] = min(max(r, 0.0), 1.0)
         self.correlation = corr
+        self._corr_rows = corr.tolist()
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _finite_or_nan(x: float | None) -> float:
+    return float(x) if x is not None and math.isfinite(x) else math.nan
 
 
 def _clipped(d: np.ndarray) -> np.ndarray:

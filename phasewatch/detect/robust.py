@@ -101,6 +101,30 @@ PHI_MARGIN = 1.5
 SMALL_SAMPLE = 4.0
 
 
+def despike(x: np.ndarray, k: float = 5.0) -> np.ndarray:
+    """``x`` with single-step spikes replaced by the mean of their neighbours.
+
+    A spike is a value that jumps away from *both* neighbours by more than ``k`` robust
+    standard deviations of the first differences, in the same direction: it would read as
+    noise (inflating the scale) and as strong negative autocorrelation. O(n), no sliding
+    medians: noise models are refitted often, on every series."""
+    x = np.asarray(x, dtype=float)
+    if x.size < 5:
+        return x
+    d = np.diff(x)
+    scale = robust_sd(d)
+    if scale <= 0.0:
+        return x
+    left, right = d[:-1], -d[1:]  # x[i] - x[i-1] and x[i] - x[i+1] for the inner values
+    spike = (np.abs(left) > k * scale) & (np.abs(right) > k * scale) & (np.sign(left) == np.sign(right))
+    if not spike.any():
+        return x
+    out = x.copy()
+    inner = np.flatnonzero(spike) + 1
+    out[inner] = 0.5 * (x[inner - 1] + x[inner + 1])
+    return out
+
+
 def noise_model(values: Iterable[float] | np.ndarray, *, min_sd: float = 0.0) -> NoiseModel | None:
     """Fit a :class:`NoiseModel` to finite values in time order (None for fewer than 8).
 
@@ -112,6 +136,7 @@ def noise_model(values: Iterable[float] | np.ndarray, *, min_sd: float = 0.0) ->
     x = x[np.isfinite(x)]
     if x.size < 8:
         return None
+    x = despike(x)
     diffs = detrended_differences(x)
     n = x.size
     phi_hat = ar1_from_differences(diffs)
@@ -131,20 +156,35 @@ def with_phi(model: NoiseModel, phi: float, *, min_sd: float = 0.0) -> NoiseMode
                       phi_hat=model.phi_hat, n=model.n, diff_sd=model.diff_sd)
 
 
-def pool_phi(models: Iterable[NoiseModel]) -> float:
-    """Upper confidence bound of an AR(1) coefficient shared by several series of one run
-    (estimates weighted by their sample sizes). Series of one run move with the same
-    training dynamics; pooling them narrows the bound, which matters early in a run."""
+#: Prior for the AR(1) coefficient of a run's metrics, as if seen on PRIOR_WEIGHT values:
+#: the real GRPO logs (``../shared/data/rl-logs``) show lag-1 autocorrelations of -0.06..+0.13
+#: around their trends, up to +0.45 in an unstable stretch; larger batches make the slow policy
+#: wander relatively larger. Estimates from a few dozen values scatter by +-0.25 (and trends
+#: push them up), so early in a run the prior keeps one wild estimate from blunting, or
+#: sharpening, every test; with hundreds of values the data decide.
+PRIOR_PHI = 0.3
+PRIOR_WEIGHT = 48.0
+
+
+def pool_phi(models: Iterable[NoiseModel], *, prior: float = PRIOR_PHI,
+             prior_weight: float = PRIOR_WEIGHT) -> float:
+    """Upper confidence bound of an AR(1) coefficient shared by several series of one run.
+
+    Series of one run move with the same training dynamics; pooling them narrows the bound,
+    which matters early in a run. Three or more estimates are pooled by their median (one wild
+    estimate must not decide for all), fewer by their sample-size-weighted mean; the result is
+    shrunk toward ``prior`` with weight ``prior_weight`` and bounded ``PHI_MARGIN / sqrt(n)``
+    above."""
     models = [m for m in models if m.n > 0]
     total = sum(m.n for m in models)
     if total == 0:
         return MAX_PHI
     if len(models) >= 3:
-        # one wild estimate (short series carry +-0.4) must not decide for all
         phi_hat = float(np.median([m.phi_hat for m in models]))
     else:
         phi_hat = sum(m.n * m.phi_hat for m in models) / total
-    return min(phi_hat + PHI_MARGIN / math.sqrt(total), MAX_PHI)
+    shrunk = (total * phi_hat + prior_weight * prior) / (total + prior_weight)
+    return min(shrunk + PHI_MARGIN / math.sqrt(total + prior_weight), MAX_PHI)
 
 
 #: Observation counts at which a young window recalibrates (small arrays: cheap).
@@ -200,15 +240,21 @@ class SeriesWindow:
 
 def hampel(values: np.ndarray, sd: float, *, k: float = 4.0, half_width: int = 3) -> np.ndarray:
     """Replace values further than ``k * sd`` from their running median (``2*half_width+1``
-    values) with that median: single-step spikes out, steps and ramps kept."""
+    values) with that median: single-step spikes out, steps and ramps kept.
+
+    The first and last ``half_width`` values are judged against the first and last full
+    window (not a reflected or padded one): reflecting the end of a series duplicates a spike
+    that sits there, so two spikes in the last three values would outvote the good ones and
+    a normal last value would be "corrected" onto the spike. The end of the window is where
+    a detector looks hardest, so up to ``half_width`` spikes among the last ``2*half_width+1``
+    values are caught.
+    """
     x = np.asarray(values, dtype=float)
     width = 2 * half_width + 1
     if x.size < width or sd <= 0:
         return x.copy()
-    # reflected padding: a spike in the last value appears once in its own window, not
-    # three times as with edge padding, so it is caught where it matters most (the end)
-    padded = np.pad(x, half_width, mode="reflect")
-    med = np.median(np.lib.stride_tricks.sliding_window_view(padded, width), axis=1)
+    inner = np.median(np.lib.stride_tricks.sliding_window_view(x, width), axis=1)
+    med = np.concatenate([np.full(half_width, inner[0]), inner, np.full(half_width, inner[-1])])
     return np.where(np.abs(x - med) > k * sd, med, x)
 
 

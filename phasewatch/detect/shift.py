@@ -1,29 +1,45 @@
-"""The execution-to-planning shift: planning signals turn upward while execution stays put.
+"""The execution-to-planning shift: execution consolidates, then planning signals turn upward.
 
-Online layer, every step, O(1): each planning series (semantic entropy, planning-token
-entropy, planning-token NLL) has a :class:`~phasewatch.detect.rise.RiseDetector`, and their
-standardised departures are fused (:class:`~phasewatch.detect.fusion.EvidenceFusion`) into
-one more sensitive CUSUM. When any of these crosses its (deliberately low) threshold, a
-candidate is raised; the online layer only decides *when to look*.
+Every step, O(1): each planning series (semantic entropy, planning-token entropy,
+planning-token NLL) feeds a :class:`~phasewatch.detect.rise.RiseDetector`, their standardised
+departures are fused (:class:`~phasewatch.detect.fusion.EvidenceFusion`) into one CUSUM, the
+execution series feeds a :class:`~phasewatch.detect.consolidation.ConsolidationTracker`, and
+aligned, spike-filtered windows of every series are kept. The CUSUMs are the cheap gate and
+the dashboard readings; the decision is a *scan*, every ``scan_every_open`` steps while the
+gate is open, every ``scan_every`` steps while the run is young or has consolidated (and on
+the very next step after a scan passed: ``confirm_scans`` scans in a row must agree).
 
-Confirmation, on candidates only, on the last ``confirm_window`` values of each series:
+**Bend.** Every candidate knot of the last ``confirm_window`` steps is fitted at once on every
+series (:func:`~phasewatch.detect.confirm.hinge_scan_many`: a one-knot line on a local
+stretch). Three candidate knots (the best slope after it, the sharpest change of slope, the
+best compromise) are judged again with the noise of their own fits' residuals (a rise
+inflates a series' running noise estimate exactly when it matters), and one passes when:
 
-1. onset candidates: each series' best upward bend (exact least-squares hinge search,
-   :func:`~phasewatch.detect.confirm.hinge_search`); failing those, the first step of the run
-   (a run without an execution phase rises from the start);
-2. for each candidate, every planning series is fitted with its knot there, and the t
-   statistics of their slopes after it are summed and divided by the standard deviation of
-   the sum under their estimated correlation (a series that does *not* rise pulls the sum
-   down, so one series wandering on its own rarely passes). The AR(1) coefficient behind
-   every standard error is an upper confidence bound pooled over the planning series;
-3. the shift is confirmed when that joint t passes ``confirm_t`` and at least one series
-   rises on its own (``confirm_t_single``, a significant change of slope, enough noise
-   standard deviations and enough relative rise, clearing the level before the turn);
-4. and vetoed when the evidence conflicts (another planning signal fell significantly) or
-   the rise is not specific to planning (execution entropy/NLL rose by a comparable relative
-   amount since the same step: the whole policy is heating up, which is a health problem).
+1. the planning series' t statistics of the slope after the knot, summed and divided by the
+   standard deviation of the sum under their estimated correlation (a series that does not
+   rise pulls the sum down), reach the bar, and so does the change of slope
+   (``confirm_t_change``); one series rises on its own (``confirm_t_single``) by at least
+   ``shift_min_relative`` of its level;
+2. the bar is ``confirm_t`` once execution has consolidated (fell, then flattened; the
+   paper's phase 2 follows phase 1) and both planning families (semantic entropy; planning-
+   token entropy and NLL) rise; ``confirm_t_alone`` when one family carries it alone;
+   ``confirm_t_unconsolidated`` when execution never consolidated; ``confirm_t_with_length``
+   when response length jumps at the turn (the paper's Qwen3-4B-Base run lengthens ~3x
+   within 15 steps of its shift);
+3. execution is not falling after the knot by a comparable relative amount
+   (``execution_falling_t``, ``execution_falling_ratio``: a planning signal drifting up
+   while execution entropy still falls as fast is phase 1), no planning signal falls
+   (``conflict_t``), and execution does not rise by a comparable relative amount
+   (``execution_veto``: everything heating up is instability, not a phase shift).
 
-A rejected candidate re-arms the online layer.
+**No execution phase** (instruct and VL models "rise almost at once"). While the run is young
+(``start_window`` steps) and execution entropy has neither fallen nor is falling, a straight
+line through each planning series from the first step, and a turn within the first
+``start_knots`` steps, are held to ``start_t`` instead, with the same other checks.
+
+Noise (scale and AR(1) coefficient) comes from :mod:`~phasewatch.detect.robust`, the AR(1)
+coefficient pooled over the planning series. Everything is bounded by
+``window``/``confirm_window``, so the cost of a scan does not grow with the run.
 """
 
 from __future__ import annotations
@@ -35,12 +51,15 @@ from typing import Mapping
 
 import numpy as np
 
-from phasewatch.detect.config import EXECUTION_SERIES, PLANNING_SERIES, DetectionConfig
-from phasewatch.detect.confirm import TrendChange, TrendChangeConfirmer, hinge_fit, hinge_search
+from phasewatch.detect.config import (EXECUTION_SERIES, LENGTH_SERIES, PLANNING_FAMILIES, PLANNING_SERIES,
+                                      DetectionConfig)
+from phasewatch.detect.confirm import LineFit, hinge_scan_many, line_fit, residual_noise
+from phasewatch.detect.consolidation import ConsolidationState, ConsolidationTracker
 from phasewatch.detect.cusum import Cusum
 from phasewatch.detect.fusion import EvidenceFusion
 from phasewatch.detect.rise import RiseDetector
-from phasewatch.detect.robust import NoiseModel, SeriesWindow, hampel, pool_phi, with_phi
+from phasewatch.detect.robust import (MAX_PHI, PHI_MARGIN, PRIOR_PHI, NoiseModel, SeriesWindow,
+                                      pool_phi, with_phi)
 
 
 @dataclass(frozen=True)
@@ -52,6 +71,84 @@ class ShiftFinding:
     statistic: float
     threshold: float
     detail: dict = field(default_factory=dict)
+
+
+class _AlignedWindows:
+    """The steps of the last ``size`` records and, per series, its value at each of them (NaN
+    where missing), spike-filtered as values arrive.
+
+    The filter is a Hampel filter on each series' own values: a value further than ``k``
+    noise standard deviations from the median of its ``2*half_width+1`` neighbours (its own
+    series, missing steps skipped) is replaced by that median once ``half_width`` later values
+    have arrived; the newest ``half_width`` are judged against the last full window when the
+    arrays are read (:meth:`arrays`). Each value is judged once, in O(1): the scan that reads
+    the windows does no filtering of its own. Bounded: ``size`` steps per series.
+    """
+
+    def __init__(self, names: tuple[str, ...], size: int, *, half_width: int = 3, k: float = 4.0) -> None:
+        self.names = names
+        self.size = size
+        self.half_width = half_width
+        self.k = k
+        self.steps: deque[int] = deque(maxlen=size)
+        self.clean = {n: deque(maxlen=size) for n in names}
+        self.recent = {n: deque(maxlen=2 * half_width + 1) for n in names}  # (record index, value)
+        self.count = 0
+
+    def push(self, step: int, values: Mapping[str, float], scales: Mapping[str, float]) -> None:
+        index = self.count
+        self.count += 1
+        self.steps.append(step)
+        h = self.half_width
+        for name in self.names:
+            x = values.get(name)
+            clean = self.clean[name]
+            if x is None or not math.isfinite(x):
+                clean.append(math.nan)
+                continue
+            clean.append(float(x))
+            recent = self.recent[name]
+            recent.append((index, float(x)))
+            if len(recent) < recent.maxlen:
+                continue
+            scale = scales.get(name)
+            if not scale:
+                continue
+            middle_index, middle = recent[h]
+            window = [v for _, v in recent]
+            # the median lies between the window's extremes: when the middle value is within
+            # k * scale of both, it cannot be a spike (most steps end here, no sort)
+            limit = self.k * scale
+            if abs(middle - min(window)) <= limit and abs(middle - max(window)) <= limit:
+                continue
+            median = _median(window)
+            back = self.count - middle_index
+            if abs(middle - median) > limit and back <= len(clean):
+                clean[-back] = median
+
+    def arrays(self, scales: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values (series x steps)), the newest values of each series filtered too."""
+        steps = np.fromiter(self.steps, dtype=float, count=len(self.steps))
+        values = np.array([np.fromiter(self.clean[n], dtype=float, count=len(self.clean[n]))
+                           for n in self.names])
+        h = self.half_width
+        for row, name in enumerate(self.names):
+            recent = self.recent[name]
+            scale = scales.get(name)
+            if len(recent) < recent.maxlen or not scale:
+                continue
+            median = _median([v for _, v in recent])
+            for index, x in list(recent)[-h:]:
+                back = self.count - index
+                if abs(x - median) > self.k * scale and back <= steps.size:
+                    values[row, -back] = median
+        return steps, values
+
+
+def _median(values: list[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
 class PhaseShiftDetector:
@@ -69,25 +166,28 @@ class PhaseShiftDetector:
         self.fusion = EvidenceFusion(PLANNING_SERIES, window=min(cfg.window, 128),
                                      calibrate_every=cfg.calibrate_every)
         self.fused = Cusum(cfg.shift_drift, cfg.shift_threshold, clip=cfg.clip)
-        self.confirmer = TrendChangeConfirmer()
-        self.confirm_window = min(cfg.window, cfg.confirm_window)
-        # confirmation windows plus the values just before them (levels before an onset)
-        self.history = {name: deque(maxlen=self.confirm_window + _PRE)
-                        for name in PLANNING_SERIES + EXECUTION_SERIES}
-        first = len(PLANNING_SERIES)
-        self.exec_noise = {name: SeriesWindow(cfg.window, cfg.calibrate_every, offset=first + i)
-                           for i, name in enumerate(EXECUTION_SERIES)}
+        self.names: tuple[str, ...] = PLANNING_SERIES + EXECUTION_SERIES + LENGTH_SERIES
+        # noise models: the planning series' come with their rise detectors
+        self.noise = {name: self.rise[name].standardiser.window if name in self.rise
+                      else SeriesWindow(cfg.window, cfg.calibrate_every, offset=3 + 7 * i)
+                      for i, name in enumerate(self.names)}
+        self.windows = _AlignedWindows(self.names, min(cfg.window, cfg.confirm_window))
+        self.consolidation = ConsolidationTracker(min_drop=cfg.consolidation_drop, min_z=cfg.consolidation_z,
+                                                  falling_t=cfg.execution_falling_t)
+        self._execution_name: str | None = None
         self.found: ShiftFinding | None = None
-        self.last_rejection: dict | None = None
-        self._cooldown = 0
+        self.last_scan: dict | None = None
         self._first_step: int | None = None
+        self._last_scan_step: int | None = None
+        self._streak = 0
 
     @property
     def statistic(self) -> float:
         return max([self.fused.statistic] + [d.statistic for d in self.rise.values()])
 
-    def candidate(self) -> bool:
-        return self.fused.drift_detected or any(d.drift_detected for d in self.rise.values())
+    def gate_open(self) -> bool:
+        """Is there enough upward departure in the planning series to look closer?"""
+        return self.statistic >= self.config.gate_level
 
     def update(self, values: Mapping[str, float], step: int, *, blocked: bool = False) -> ShiftFinding | None:
         if self._first_step is None:
@@ -99,231 +199,389 @@ class PhaseShiftDetector:
             if x is None or not math.isfinite(x):
                 continue
             det.update(x, step)
-            self.history[name].append((step, x))
             zs[name] = det.z
             raw[name] = x
-        for name in EXECUTION_SERIES:
-            x = values.get(name)
-            if x is not None and math.isfinite(x):
-                self.history[name].append((step, x))
-                self.exec_noise[name].push(x)
+        if self.found is None:
+            # the windows, noise models and consolidation only serve the scans: once the
+            # shift is found (final) only the CUSUM readings are kept up to date
+            self._observe(values, step)
         z = self.fusion.update(zs, raw)
         if z == z:
             self.fused.update(z, step)
         hold = self.fused.statistic >= 0.5 * self.fused.threshold
         for det in self.rise.values():
             det.standardiser.hold = det.standardiser.hold or hold
-        if self.found is not None or not self.candidate():
+        if self.found is not None:
             return None
-        if self._cooldown > 0:
-            self._cooldown -= 1
-            return None
-        if blocked:
-            self._rearm({"reason": "health alarm active", "step": step})
-            return None
-        return self._confirm(step)
-
-    # -- confirmation ----------------------------------------------------------------
-    def _windows(self) -> dict[str, tuple[np.ndarray, np.ndarray, NoiseModel]]:
-        """Each planning series' confirmation window: steps, spike-filtered values, noise."""
-        ready = [n for n in PLANNING_SERIES if self.rise[n].noise is not None
-                 and len(self.history[n]) >= 3 * self.confirmer.min_size]
-        # one AR(1) coefficient for the planning series of the run, pooled (see pool_phi)
-        phi = pool_phi(self.rise[n].noise for n in ready)
-        out = {}
-        for name in ready:
-            noise = with_phi(self.rise[name].noise, max(phi, 0.0))
-            hist = self.history[name]
-            steps = np.fromiter((s for s, _ in hist), dtype=np.int64, count=len(hist))
-            y = np.fromiter((v for _, v in hist), dtype=float, count=len(hist))
-            out[name] = (steps, hampel(y, noise.sd), noise)
-        return out
-
-    @staticmethod
-    def _recent(window: tuple, size: int) -> tuple:
-        steps, y, noise = window
-        return steps[-size:], y[-size:], noise
-
-    def _fits_at(self, windows: dict, onset: int) -> dict[str, TrendChange]:
-        fits = {}
-        for name, window in windows.items():
-            steps, y, noise = self._recent(window, self.confirm_window)
-            knot = int(np.searchsorted(steps, onset))
-            if knot > y.size - self.config.shift_min_span - 1:
-                continue
-            fits[name] = hinge_fit(y, knot, noise)
-        return fits
-
-    def _joint_t(self, fits: dict[str, TrendChange]) -> float:
-        """Sum of the series' t statistics (all of them: a series that does not rise pulls the
-        sum down) divided by its standard deviation under the estimated correlation."""
-        if not fits:
-            return -math.inf
-        idx = [self.fusion.index[n] for n in fits]
-        corr = self.fusion.correlation[np.ix_(idx, idx)]
-        return sum(f.t_after for f in fits.values()) / math.sqrt(max(float(corr.sum()), 1.0))
-
-    def _confirm(self, step: int) -> ShiftFinding | None:
         cfg = self.config
-        windows = self._windows()
-        # candidate onsets: each series' upward bend; failing those, the start of the run
-        # while the windows still reach back to it (a run without an execution phase rises
-        # at once). The start is only a fallback: a line from step 0 through a flat stretch
-        # and a late rise has a long span, hence a large t, but it is the wrong onset.
-        bends: set[int] = set()
-        starts: set[int] = set()
-        for window in windows.values():
-            steps, y, _ = self._recent(window, self.confirm_window)
-            knot = hinge_search(y, self.confirmer.min_size, direction=1)
-            if knot is not None:
-                bends.add(int(steps[knot]))
-            if int(steps[0]) == self._first_step:
-                starts.add(int(steps[0]))
-        outcome = None
-        for candidates in (bends, starts):
-            outcome = self._best_onset(windows, candidates)
-            if outcome is not None and outcome[3]:
-                break
-        if outcome is None:
-            self._rearm({"reason": "too little data", "step": step})
+        young = step - self._first_step <= cfg.start_window
+        if not (young or self.consolidation.fell or self.gate_open()):
+            self._streak = 0
             return None
-        t_joint, onset, fits, rising = outcome
-        detail: dict = {"onset": onset, "t_joint": t_joint,
-                        "fits": {n: _summary(f) for n, f in fits.items()}}
-        if not rising:
-            self._rearm({"reason": "no significant upward turn", "step": step, **detail})
+        # a scan that passed is re-checked on the very next step (confirm_scans), others wait
+        every = cfg.scan_every_open if self.gate_open() else cfg.scan_every
+        due = (self._streak > 0 or self._last_scan_step is None or step - self._last_scan_step >= every)
+        if not due:
             return None
-        lead = max(rising, key=lambda n: rising[n].t_after)
-        changes = [_relative_change(windows[n][0], windows[n][1], onset)[0] for n in rising]
-        changes = [c for c in changes if c == c]
-        if not changes:
-            self._rearm({"reason": "no level before the onset to compare with", "step": step, **detail})
+        self._last_scan_step = step
+        was_open = self.gate_open()
+        finding = self._scan(step)
+        if finding is None or blocked:
+            self._streak = 0
+            if was_open:
+                self._rearm()
+            if finding is not None:
+                self.last_scan = {"reason": "health alarm active", "step": step}
             return None
-        planning_rel = float(np.median(changes))
-        conflict = self._falling_planning(rising, onset)
-        if conflict:
-            self._rearm({"reason": "other planning signals fell (conflicting evidence)", "step": step,
-                         "falling": conflict, **detail})
+        self._streak += 1
+        if self._streak < cfg.confirm_scans:
             return None
-        exec_rel = self._execution_rise(onset)
-        if exec_rel is not None and exec_rel >= cfg.execution_veto * planning_rel:
-            self._rearm({"reason": "execution rose too (not planning-specific)", "step": step,
-                         "execution_relative_rise": exec_rel, "planning_relative_rise": planning_rel})
-            return None
-        detail.update(series=sorted(rising), planning_relative_rise=planning_rel,
-                      execution_relative_rise=exec_rel)
-        need = cfg.confirm_t if len(fits) > 1 else cfg.confirm_t_alone
-        self.found = ShiftFinding(onset=min(onset, step), series=lead, statistic=t_joint,
-                                  threshold=need, detail=detail)
-        return self.found
+        self.found = finding
+        return finding
 
-    def _best_onset(self, windows: dict, candidates: set[int]):
-        """(t_joint, onset, fits, rising series) for the candidate with the largest joint t;
-        ``rising`` is empty unless that candidate passes the significance bar."""
-        best = None
-        for onset in sorted(candidates):
-            fits = self._fits_at(windows, onset)
-            t_joint = self._joint_t(fits)
-            if best is None or t_joint > best[0]:
-                best = (t_joint, onset, fits)
-        if best is None:
-            return None
-        t_joint, onset, fits = best
-        need = self.config.confirm_t if len(fits) > 1 else self.config.confirm_t_alone
-        rising = {}
-        if t_joint >= need:
-            rising = {n: f for n, f in fits.items()
-                      if self._rises(n, self._recent(windows[n], self.confirm_window), f, onset)}
-        return t_joint, onset, fits, rising
+    def _observe(self, values: Mapping[str, float], step: int) -> None:
+        """Feed the scan's inputs: noise windows of the execution and length series, the
+        aligned spike-filtered windows, the consolidation tracker."""
+        scales = {}
+        for name, window in self.noise.items():
+            if name not in self.rise:
+                x = values.get(name)
+                if x is not None and math.isfinite(x):
+                    window.push(x)
+            if window.noise is not None:
+                scales[name] = window.noise.sd
+        self.windows.push(step, values, scales)
+        execution = self._execution_series(values)
+        if execution is not None:
+            x = values.get(execution)
+            if x is not None and math.isfinite(x):
+                self.consolidation.update(x, step)
+                # look regularly, not only when scanning: the scans start once it fell
+                if self.consolidation.count % 8 == 0 and not self.consolidation.fell:
+                    self.consolidation.state(self._phi())
 
-    def _rises(self, name: str, window: tuple, fit: TrendChange, onset: int) -> bool:
-        """Does this planning series turn upward at ``onset``, significantly and by enough?"""
-        cfg = self.config
-        steps, y, noise = window
-        if fit.span < cfg.shift_min_span:
-            return False
-        # a rise from the very first step has no "before" to differ from (no execution phase)
-        from_start = fit.knot == 0 and onset == self._first_step
-        change_ok = fit.t_change >= cfg.confirm_t_single or from_start
-        if not (fit.slope_after > 0 and fit.t_after >= cfg.confirm_t_single and change_ok
-                and fit.rise_sd >= cfg.shift_min_rise and fit.relative_rise >= cfg.shift_min_relative):
-            return False
-        # the end of the rise must clear the recent level before the turn (not a dip recovering)
-        before = y[max(0, fit.knot - 30):fit.knot + 1]
-        end_level = fit.level + fit.slope_after * fit.span
-        return end_level >= float(np.median(before)) + cfg.shift_min_rise * noise.sd
-
-    def _falling_planning(self, rising: dict, onset: int) -> list[str]:
-        """Planning series that fell significantly since ``onset`` while others rose."""
-        out = []
-        for name in PLANNING_SERIES:
-            if name in rising:
-                continue
-            hist = self.history[name]
-            noise = self.rise[name].noise
-            if noise is None or len(hist) < 10:
-                continue
-            steps = np.fromiter((s for s, _ in hist), dtype=np.int64, count=len(hist))
-            y = np.fromiter((v for _, v in hist), dtype=float, count=len(hist))
-            rel, z = _relative_change(steps, y, onset, noise.long_run_sd)
-            if rel == rel and z <= -2.0 and rel <= -self.config.shift_min_relative:
-                out.append(name)
-        return out
-
-    def _execution_rise(self, onset: int) -> float | None:
-        """Largest relative rise of an execution series since ``onset`` that stands out of
-        its noise (one standard error: this is a veto, so it leans toward vetoing)
-        (0.0 when none is significant; None when there is no execution data)."""
-        out = None
-        for name in EXECUTION_SERIES:
-            hist = self.history[name]
-            noise = self.exec_noise[name].noise
-            if noise is None or len(hist) < 10:
-                continue
-            steps = np.fromiter((s for s, _ in hist), dtype=np.int64, count=len(hist))
-            y = np.fromiter((v for _, v in hist), dtype=float, count=len(hist))
-            rel, z = _relative_change(steps, y, onset, noise.long_run_sd)
-            if rel != rel:
-                continue
-            rel = rel if z >= 1.0 else 0.0
-            out = rel if out is None else max(out, rel)
-        return out
-
-    def _rearm(self, why: dict) -> None:
-        self.last_rejection = why
+    def _rearm(self) -> None:
+        """After a scan found no shift, the gate CUSUMs start accumulating afresh (their
+        calibration is kept): the gate reopens on new evidence, not on the evidence that
+        was just judged insufficient."""
         self.fused.reset()
         for det in self.rise.values():
             det.rearm()
-        self._cooldown = self.config.confirm_cooldown
+
+    # -- helpers -----------------------------------------------------------------------
+    def _execution_series(self, values: Mapping[str, float]) -> str | None:
+        """The execution series the consolidation tracker follows: entropy if the run reports
+        it, else NLL; the first one seen is kept for the rest of the run."""
+        if self._execution_name is None:
+            for name in EXECUTION_SERIES:
+                x = values.get(name)
+                if x is not None and math.isfinite(x):
+                    self._execution_name = name
+                    break
+        return self._execution_name
+
+    def _phi(self) -> float:
+        """The run's AR(1) coefficient, pooled over the planning series (upper bound). Not
+        over execution entropy or response length: their own trends (a decay within the
+        first steps, a jump) leak into the estimate and would blunt every test."""
+        models = [self.noise[n].noise for n in PLANNING_SERIES if self.noise[n].noise is not None]
+        if not models:
+            models = [w.noise for w in self.noise.values() if w.noise is not None]
+        return pool_phi(models)
+
+    # -- the scan ------------------------------------------------------------------------
+    def _scan(self, step: int) -> ShiftFinding | None:
+        cfg = self.config
+        phi = self._phi()
+        state = self.consolidation.state(phi)
+        noise: dict[str, NoiseModel] = {}
+        for name, window in self.noise.items():
+            if window.noise is not None and window.count >= cfg.warmup_steps:
+                noise[name] = with_phi(window.noise, phi)
+        planning = [n for n in PLANNING_SERIES if n in noise]
+        if not planning:
+            self.last_scan = {"reason": "no planning series yet", "step": step}
+            return None
+        steps, values = self.windows.arrays({n: m.sd for n, m in noise.items()})
+        rows = {n: values[self.names.index(n)] for n in noise}
+        execution = self._execution_name if self._execution_name in noise else None
+        length = LENGTH_SERIES[0] if LENGTH_SERIES[0] in noise else None
+        finding = None
+        if (state is not None and not state.fell and step - self._first_step <= cfg.start_window
+                and steps[0] == self._first_step):
+            finding = self._from_start(step, steps, rows, noise, planning, execution, state)
+        if finding is None:
+            finding = self._bend(step, steps, rows, noise, planning, execution, length, state)
+        return finding
+
+    def _joint_scale(self, names: list[str]) -> float:
+        """Standard deviation of a sum of the named series' t statistics, under their
+        estimated correlation (never below that of one series)."""
+        idx = [self.fusion.index[n] for n in names]
+        corr = self.fusion.correlation[np.ix_(idx, idx)]
+        return math.sqrt(max(float(corr.sum()), 1.0))
+
+    def _joint(self, stats: dict[str, np.ndarray]) -> np.ndarray:
+        """Sum of the series' t statistics over the standard deviation of that sum."""
+        total = np.sum([np.where(np.isnan(v), -math.inf, v) for v in stats.values()], axis=0)
+        return total / self._joint_scale(list(stats))
+
+    def _bend(self, step: int, steps: np.ndarray, rows: dict, noise: dict, planning: list[str],
+              execution: str | None, length: str | None, state: ConsolidationState | None
+              ) -> ShiftFinding | None:
+        cfg = self.config
+        lo = step - cfg.confirm_window + cfg.confirm_pre // 2
+        knots = np.arange(max(lo, self._first_step + 3), step - cfg.shift_min_span + 1, dtype=float)
+        if knots.size == 0:
+            return None
+        names = planning + [n for n in (execution, length) if n is not None]
+        scan = hinge_scan_many(steps, np.stack([rows[n] for n in names]), knots,
+                               np.array([noise[n].long_run_sd for n in names]),
+                               np.array([noise[n].sd for n in names]), pre=cfg.confirm_pre, end=step)
+        at = {n: i for i, n in enumerate(names)}
+        p = [at[n] for n in planning]
+        # NaN (too few observations around a knot) counts as no evidence at all
+        t_after_all = np.where(np.isnan(scan.t_after), -math.inf, scan.t_after)
+        t_change_all = np.where(np.isnan(scan.t_change), -math.inf, scan.t_change)
+        scale = self._joint_scale(planning)
+        t_after = t_after_all[p].sum(axis=0) / scale
+        t_change = t_change_all[p].sum(axis=0) / scale
+        falling = (t_after_all[p] <= -cfg.conflict_t).any(axis=0)
+        consolidated = state is not None and state.consolidated
+        length_t = None
+        if length is not None and (consolidated or self._early_knot(self._first_step, step, state)):
+            j = at[length]
+            strength = np.minimum(t_change_all[j], t_after_all[j])
+            # the length jump may start a few steps after the planning turn (or just before):
+            # the strongest jump at any knot from 3 steps before this one on
+            best_from = np.maximum.accumulate(strength[::-1])[::-1]
+            length_t = best_from[np.maximum(np.arange(knots.size) - 3, 0)]
+        exec_ok = np.ones(knots.size, dtype=bool)
+        if execution is not None:
+            # execution still falling vetoes a knot only when it falls by a comparable relative
+            # amount: a planning signal that rises several times faster than execution falls
+            # is no phase-1 drift (in real GRPO runs execution entropy keeps settling while
+            # planning takes over)
+            planning_rel = np.nanmax(np.where(np.isnan(scan.relative_rise[p]), -math.inf,
+                                              scan.relative_rise[p]), axis=0)
+            exec_fall = -np.nan_to_num(scan.relative_rise[at[execution]], nan=0.0)
+            exec_ok = ((t_after_all[at[execution]] >= -cfg.execution_falling_t)
+                       | (exec_fall < cfg.execution_falling_ratio * np.maximum(planning_rel, 0.0)))
+        # candidate knots, judged again on their own residuals: the best-supported one (slope
+        # after), the sharpest bend (change of slope) and the best compromise; a slow drift
+        # since the start of the window makes the first an early knot that is no bend at all
+        plausible = ~falling & exec_ok
+        if not plausible.any():
+            self.last_scan = {"step": step, "rule": "bend", "passed": False, "reason": "vetoed everywhere"}
+            return None
+        masked = lambda a: np.where(plausible, a, -math.inf)  # noqa: E731
+        order = [int(np.argmax(masked(t_after))), int(np.argmax(masked(t_change))),
+                 int(np.argmax(masked(np.minimum(t_after, t_change))))]
+        best = None
+        for i in dict.fromkeys(order):
+            verdict = self._judge(i, int(knots[i]), steps, rows, planning, execution, scan, at, scale,
+                                  consolidated, None if length_t is None else float(length_t[i]),
+                                  early=self._early_knot(int(knots[i]), step, state))
+            if best is None or (verdict["passed"], verdict["t_joint"]) > (best["passed"], best["t_joint"]):
+                best = verdict
+        self.last_scan = {"step": step, "rule": "bend", **{k: v for k, v in best.items() if k != "detail"}}
+        if not best["passed"]:
+            return None
+        return ShiftFinding(onset=min(best["knot"], step), series=best["detail"]["lead"],
+                            statistic=best["t_joint"], threshold=best["threshold"], detail=best["detail"])
+
+    def _early_knot(self, knot: int, step: int, state: ConsolidationState | None) -> bool:
+        """A turn within the first steps of a young run whose execution entropy never fell:
+        a run without an execution phase, judged like a rise from the start."""
+        cfg = self.config
+        return (state is not None and not state.fell and not state.falling
+                and step - self._first_step <= cfg.start_window
+                and knot - self._first_step <= cfg.start_knots)
+
+    def _judge(self, i: int, knot: int, steps: np.ndarray, rows: dict, planning: list[str],
+               execution: str | None, scan, at: dict, scale: float, consolidated: bool,
+               length_t: float | None, *, early: bool = False) -> dict:
+        """Every test of the bend at knot ``i``, on the residual noise of its own fits."""
+        cfg = self.config
+        judged = planning + ([execution] if execution is not None else [])
+        t_all, t_c = self._studentise(steps, rows, judged, scan, [at[n] for n in judged], i, knot)
+        m = len(planning)
+        t_a = t_all[:m]
+        t_joint = float(t_a.sum()) / scale
+        t_change = float(t_c[:m].sum()) / scale
+        rel_all = np.array([scan.relative_rise[at[n], i] for n in planning])
+        jumped = length_t is not None and length_t >= cfg.length_t
+        need = cfg.confirm_t if consolidated else (cfg.start_t if early else cfg.confirm_t_unconsolidated)
+        # one family of planning evidence alone (the other missing, or not rising with it)
+        # needs the stricter bar, unless response length jumped with it
+        if min(_families(dict(zip(planning, t_a)), cfg.agree_t)) < 2 and not jumped:
+            need = max(need, cfg.confirm_t_alone)
+        bar_single, bar_change = cfg.confirm_t_single, cfg.confirm_t_change
+        if jumped and (consolidated or early):
+            # a sharp length jump at the turn is corroboration enough for a planning signal
+            # that is only starting to rise: every planning bar drops to confirm_t_with_length
+            need = min(need, cfg.confirm_t_with_length)
+            bar_single = min(bar_single, cfg.confirm_t_with_length)
+            bar_change = min(bar_change, cfg.confirm_t_with_length)
+        rising = t_a >= bar_single
+        rel = float(np.max(np.where(rising, rel_all, -math.inf)))
+        exec_rel = 0.0
+        exec_ok = True
+        if execution is not None:
+            ex_t = float(t_all[-1])
+            exec_rel = float(scan.relative_rise[at[execution], i]) if ex_t >= cfg.execution_veto_t else 0.0
+            # compared with the typical rising planning series, not the steepest one
+            typical = float(np.median(rel_all[rising])) if rising.any() else rel
+            exec_fall = -float(scan.relative_rise[at[execution], i])
+            still_falling = (ex_t < -cfg.execution_falling_t
+                             and exec_fall >= cfg.execution_falling_ratio * max(rel, 0.0))
+            exec_ok = (not still_falling and ex_t < cfg.execution_rise_t
+                       and not exec_rel >= cfg.execution_veto * max(typical, 0.0))
+        checks = {"joint": t_joint >= need, "change": t_change >= bar_change, "single": bool(rising.any()),
+                  "relative": rel >= cfg.shift_min_relative, "execution": exec_ok,
+                  "conflict": not bool((t_a <= -cfg.conflict_t).any())}
+        passed = all(checks.values())
+        verdict = {"knot": knot, "t_joint": t_joint, "t_change": t_change, "threshold": need,
+                   "consolidated": consolidated, "length_t": length_t, "passed": passed, "checks": checks}
+        if passed:
+            names = [n for n, r in zip(planning, rising) if r]
+            verdict["detail"] = {
+                "rule": "bend", "onset": knot, "t_joint": t_joint, "t_change": t_change, "series": sorted(names),
+                "lead": max(names, key=lambda n: t_a[planning.index(n)]),
+                "fits": {n: {"t_after": _r(t_a[k]), "relative_rise": _r(rel_all[k], 4)}
+                         for k, n in enumerate(planning)},
+                "planning_relative_rise": rel, "execution_relative_rise": exec_rel,
+                "execution_consolidated": consolidated,
+            }
+            if length_t is not None:
+                verdict["detail"]["length_t"] = _r(length_t)
+        return verdict
+
+    def _studentise(self, steps: np.ndarray, rows: dict, planning: list[str], scan, index: list[int],
+                    i: int, knot: int) -> tuple[np.ndarray, np.ndarray]:
+        """t statistics (slope after, change of slope) of the named series at knot ``i``, with
+        the noise measured on the residuals of those very fits.
+
+        The scan's noise models come from each series' recent values, and a rise (or the
+        fall before it) inflates both their scale and their AR(1) estimate, blunting the test
+        exactly when the signal is there. At the knot being judged the fit has removed the
+        trend, so its residuals show the noise itself. The AR(1) coefficient is pooled over
+        the series and shrunk toward the prior as for the scan."""
+        lo = knot - self.config.confirm_pre
+        sel = steps >= lo
+        t = steps[sel] - knot
+        residual = []
+        for name, j in zip(planning, index):
+            fitted = (scan.level[j, i] + scan.slope_before[j, i] * t
+                      + (scan.slope_after[j, i] - scan.slope_before[j, i]) * np.maximum(t, 0.0))
+            residual.append(residual_noise(rows[name][sel] - fitted))
+        return self._rescale(planning, residual, [scan.t_after[j, i] for j in index],
+                             [scan.t_change[j, i] for j in index], max_gain=self.config.refit_max_gain)
+
+    def _rescale(self, planning: list[str], residual: list, t_after: list[float], t_change: list[float],
+                 *, max_gain: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
+        """Rescale each series' t statistics from its scan noise to its residual noise, raising
+        none by more than ``max_gain`` (the knots judged are the ones that looked best, so
+        their residuals are biased low: over tens of thousands of scans an unbounded gain
+        lets quiet stretches of a flat run pass)."""
+        known = [r for r in residual if r is not None]
+        total = sum(r.n for r in known)
+        prior_weight = self.config.refit_prior_weight
+        rho = sum(r.n * r.rho for r in known) / total if total else PRIOR_PHI
+        weight = total + prior_weight
+        # no residual fit at all (too few values around the knot) and no prior weight: the
+        # prior alone stands in, with the widest margin
+        rho = (total * rho + prior_weight * PRIOR_PHI) / weight if weight > 0 else PRIOR_PHI
+        rho = rho + PHI_MARGIN / math.sqrt(max(weight, 1.0))
+        # a short fit absorbs slow wander into its line, so its residuals understate strong
+        # autocorrelation: never go below the running estimate from the series' own history
+        models = [self.noise[n].noise for n in PLANNING_SERIES if self.noise[n].noise is not None]
+        if models:
+            rho = max(rho, self.config.refit_floor * self._phi())
+        rho = min(max(rho, 0.0), MAX_PHI)
+        factor = math.sqrt((1.0 + rho) / (1.0 - rho))
+        phi = self._phi()
+        out_a, out_c = [], []
+        for name, r, ta, tc in zip(planning, residual, t_after, t_change):
+            ta = -math.inf if ta != ta else ta
+            tc = -math.inf if tc != tc else tc
+            if r is not None:
+                old = with_phi(self.noise[name].noise, phi).long_run_sd
+                scale = min(old / max(r.sd * factor, 1e-300), max_gain)
+                ta, tc = ta * scale, tc * scale
+            out_a.append(ta)
+            out_c.append(tc)
+        return np.array(out_a), np.array(out_c)
+
+    def _from_start(self, step: int, steps: np.ndarray, rows: dict, noise: dict, planning: list[str],
+                    execution: str | None, state: ConsolidationState) -> ShiftFinding | None:
+        cfg = self.config
+        first = self._first_step
+        fits = {}
+        for name in planning:
+            y = rows[name]
+            ok = np.isfinite(y)
+            fit = line_fit(steps[ok], y[ok], noise[name])
+            if fit is not None:
+                fits[name] = fit
+        if not fits:
+            return None
+        names = list(fits)
+        residual = []
+        for name in names:
+            y = rows[name]
+            fit = fits[name]
+            residual.append(residual_noise(y - (fit.start + fit.slope * (steps - steps[0]))))
+        t_line, _ = self._rescale(names, residual, [fits[n].t for n in names], [fits[n].t for n in names])
+        fits = {n: LineFit(f.slope, float(tn), f.start, f.end, f.relative_rise)
+                for (n, f), tn in zip(fits.items(), t_line)}
+        joint = float(self._joint({n: np.array([f.t]) for n, f in fits.items()})[0])
+        need = cfg.start_t if len(fits) > 1 else max(cfg.start_t, cfg.confirm_t_alone)
+        rising = sorted(n for n, f in fits.items() if f.t >= cfg.confirm_t_single)
+        rel = max((fits[n].relative_rise for n in rising), default=-math.inf)
+        falling = [n for n, f in fits.items() if f.t <= -cfg.conflict_t]
+        families = _families({n: f.t for n, f in fits.items()}, cfg.agree_t)
+        if min(families) < 2:
+            need = max(need, cfg.confirm_t_alone)
+        exec_rel = 0.0
+        exec_ok = True
+        if execution is not None:
+            y = rows[execution]
+            ok = np.isfinite(y)
+            ex = line_fit(steps[ok], y[ok], noise[execution])
+            if ex is not None:
+                exec_rel = ex.relative_rise if ex.t >= cfg.execution_veto_t else 0.0
+                exec_ok = ex.t > -cfg.execution_falling_t and not exec_rel >= cfg.execution_veto * max(rel, 0.0)
+        self.last_scan = {"step": step, "rule": "from_start", "t_joint": joint, "threshold": need,
+                          "passed": False,
+                          "checks": {"joint": joint >= need, "single": bool(rising),
+                                     "relative": rel >= cfg.shift_min_relative, "conflict": not falling,
+                                     "execution": exec_ok, "not_falling": not state.falling}}
+        if not (joint >= need and rising and rel >= cfg.shift_min_relative and not falling and exec_ok
+                and not state.falling):
+            return None
+        self.last_scan["passed"] = True
+        lead = max(rising, key=lambda n: fits[n].t)
+        detail = {"rule": "from_start", "onset": first, "t_joint": joint, "series": rising,
+                  "fits": {n: {"t": _r(f.t), "relative_rise": _r(f.relative_rise, 4)} for n, f in fits.items()},
+                  "planning_relative_rise": float(rel), "execution_relative_rise": float(exec_rel),
+                  "execution_consolidated": False}
+        return ShiftFinding(onset=first, series=lead, statistic=joint, threshold=need, detail=detail)
 
 
-#: Values kept before each confirmation window, for the level before an onset.
-_PRE = 15
+def _families(t_stats: dict[str, float], at_least: float) -> tuple[int, int]:
+    """(planning families present, families with a series rising by ``at_least`` standard
+    errors): semantic entropy is one family, planning-token entropy and NLL (the same
+    tokens, moving together) another."""
+    present = rising = 0
+    for family in PLANNING_FAMILIES:
+        values = [t_stats[n] for n in family if n in t_stats]
+        if values:
+            present += 1
+            rising += max(values) >= at_least
+    return present, rising
 
 
-def _relative_change(steps: np.ndarray, y: np.ndarray, onset: int,
-                     long_run_sd: float | None = None) -> tuple[float, float]:
-    """How far the current level (median of the last 5 values) is above the level before
-    ``onset`` (median of the 15 values before it; at the very start of a run, of the first
-    5), relative to the latter, and that change in standard errors. Medians make it
-    indifferent to spikes and to the shape of any trend (a least-squares line through a
-    decaying curve can invent a rise). NaN when there is too little data."""
-    cut = int(np.searchsorted(steps, onset))
-    pre = y[max(0, cut - _PRE):cut]
-    if pre.size < 3 and cut == 0:
-        pre = y[:5]
-    post = y[max(cut, y.size - 5):]
-    if pre.size < 3 or post.size < 2:
-        return math.nan, math.nan
-    a, b = float(np.median(pre)), float(np.median(post))
-    rel = (b - a) / abs(a) if a != 0 else math.inf
-    if long_run_sd is None:
-        return rel, math.nan
-    se = 1.25 * long_run_sd * math.sqrt(1.0 / pre.size + 1.0 / post.size)
-    return rel, (b - a) / se if se > 0 else math.inf
-
-
-def _summary(fit: TrendChange) -> dict:
-    return {"t_after": round(fit.t_after, 3),
-            "t_change": round(fit.t_change, 3), "rise_sd": round(fit.rise_sd, 3),
-            "relative_rise": round(fit.relative_rise, 4)}
+def _r(x: float, digits: int = 3) -> float:
+    x = float(x)
+    return round(x, digits) if math.isfinite(x) else x
