@@ -49,6 +49,7 @@ import numpy as np  # noqa: E402
 from phasewatch.monitor import Monitor  # noqa: E402
 from phasewatch.record import StepRecord  # noqa: E402
 from phasewatch.store import Store  # noqa: E402
+from phasewatch.synthetic import ar1_noise  # noqa: E402
 
 TARGET_US = 100.0
 
@@ -66,12 +67,7 @@ def synthetic_history(n: int, seed: int = 0) -> list[StepRecord]:
     rng = np.random.default_rng(seed)
 
     def ar1(sd: float, phi: float = 0.5) -> np.ndarray:
-        e = rng.normal(0.0, sd * np.sqrt(1 - phi * phi), n)
-        out = np.empty(n)
-        out[0] = rng.normal(0.0, sd)
-        for i in range(1, n):
-            out[i] = phi * out[i - 1] + e[i]
-        return out
+        return ar1_noise(rng, n, phi, sd)
 
     t = np.arange(n, dtype=float)
     shift = int(0.6 * n)

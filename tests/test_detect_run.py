@@ -8,7 +8,7 @@ import pytest
 from phasewatch.detect import DetectionConfig, RunDetector
 from phasewatch.events import EXECUTION, PHASE_SHIFT, PLANNING, WARMUP, DetectorReading
 from phasewatch.record import StepRecord
-from phasewatch.synthetic import generate
+from phasewatch.synthetic import ar1_noise, generate
 
 
 def replay(run, config=None):
@@ -193,12 +193,7 @@ def _flat_run(seed: int, n: int) -> list[StepRecord]:
     rng = np.random.default_rng(seed)
 
     def ar1(sd: float, phi: float = 0.5) -> np.ndarray:
-        e = rng.normal(0.0, sd * np.sqrt(1 - phi * phi), n)
-        out = np.empty(n)
-        out[0] = rng.normal(0.0, sd)
-        for i in range(1, n):
-            out[i] = phi * out[i - 1] + e[i]
-        return out
+        return ar1_noise(rng, n, phi, sd)
 
     t = np.arange(n, dtype=float)
     execution = 0.15 + 0.2 * np.exp(-t / 50.0) + ar1(0.01)

@@ -356,7 +356,7 @@ def test_a_reposted_step_is_reported_as_a_duplicate_and_changes_nothing(tmp_path
         (["--port", "99999"], "argument --port: expected a port number 0..65535, got 99999"),
         (["--port", "http"], "argument --port: expected a port number 0..65535, got 'http'"),
         (["--db", "s.db", "--in-memory"], "argument --in-memory: not allowed with argument --db"),
-        (["--max-body-bytes", "0"], "argument --max-body-bytes: expected a positive whole number, got 0"),
+        (["--max-body-bytes", "0"], "argument --max-body-bytes: must be >= 1, got 0"),
     ],
 )
 def test_cli_refuses_bad_options_with_the_usage_line(capsys, argv, message):

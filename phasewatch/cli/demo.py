@@ -7,25 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+from phasewatch.cli.argtypes import whole_number
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -39,13 +21,13 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
             " writes DIR/report.png, DIR/report.html, DIR/report.json and DIR/phasewatch.db. No GPU, no network."
         ),
     )
-    parser.add_argument("--steps", type=_positive, default=500, metavar="N", help="GRPO steps (default 500)")
+    parser.add_argument("--steps", type=whole_number(1), default=500, metavar="N", help="GRPO steps (default 500)")
     parser.add_argument(
         "--out", default="phasewatch-demo", metavar="DIR", help="output folder (default ./phasewatch-demo)"
     )
-    parser.add_argument("--seed", type=_non_negative, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=whole_number(0), default=0, help="random seed (default 0)")
     parser.add_argument(
-        "--warmup-steps", type=_non_negative, default=None, metavar="N",
+        "--warmup-steps", type=whole_number(0), default=None, metavar="N",
         help="supervised warm-up steps before GRPO (default 1500)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (lines only)")

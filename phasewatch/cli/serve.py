@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from phasewatch.cli.argtypes import whole_number
+
 DEFAULT_PORT = 8765
 DEFAULT_DB = "phasewatch.db"
 TOKEN_ENV = "PHASEWATCH_TOKEN"
@@ -29,16 +31,6 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {port}")
     return port
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value}")
-    return value
 
 
 def _db_path(text: str) -> Path:
@@ -96,7 +88,7 @@ def register(subparsers: Any) -> None:
         "survives a crash of this process only, faster (default: %(default)s)",
     )
     parser.add_argument(
-        "--max-body-bytes", type=_positive_int, default=None,
+        "--max-body-bytes", type=whole_number(1), default=None,
         help="largest request body accepted (default: 4 MiB)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request (method, path, status)")
