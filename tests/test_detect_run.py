@@ -211,3 +211,41 @@ def test_thousands_of_flat_steps_after_consolidation_raise_no_shift():
     records = _flat_run(4, 5000)
     assert _first_shift(records) is None
     assert _first_shift(records, DetectionConfig(refit_max_gain=1e9)) is not None
+
+
+def _late_shift_after_consolidation(seed: int, collapse_planning: bool = False) -> list[StepRecord]:
+    """Execution entropy consolidates far below a fifth of its start (an ``entropy_collapse``
+    alarm, which never clears), then planning takes over much later, at step 300: the shape
+    of a real demo seed whose planning rise came long after consolidation. With
+    ``collapse_planning`` the planning series collapse instead and at step 300 climb back to
+    where they were: a recovery, not a new phase."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(420.0)
+    ramp = np.clip((t - 300) / 30, 0, 1)
+    execution = 0.02 + 0.25 * np.exp(-t / 30)
+    planning = 0.05 * (1 + 0.8 * ramp)
+    semantic = 0.3 * (1 + 1.0 * ramp)
+    if collapse_planning:  # back to the level they had before the collapse, no higher
+        dip = np.where((t > 150) & (t < 300), 0.1, 1.0)
+        planning, semantic = 0.05 * dip, 0.3 * dip
+    return [StepRecord(i, {"entropy/execution": execution[i] * (1 + rng.normal(0, 0.05)),
+                           "semantic_entropy": semantic[i] * (1 + rng.normal(0, 0.04)),
+                           "entropy/planning": planning[i] * (1 + rng.normal(0, 0.04))})
+            for i in range(t.size)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_execution_consolidating_into_a_collapse_does_not_hide_a_later_shift(seed):
+    det = RunDetector()
+    events = [e for rec in _late_shift_after_consolidation(seed) for e in det.update(rec)]
+    collapses = [e for e in events if e.kind == "entropy_collapse" and e.series == "entropy/execution"]
+    shifts = [e for e in events if e.kind == PHASE_SHIFT]
+    assert collapses and collapses[0].step < 300
+    assert len(shifts) == 1 and 300 < shifts[0].step <= 340
+
+
+def test_a_planning_series_climbing_out_of_its_collapse_is_not_a_shift():
+    det = RunDetector()
+    events = [e for rec in _late_shift_after_consolidation(0, collapse_planning=True) for e in det.update(rec)]
+    assert any(e.kind == "entropy_collapse" and e.series == "entropy/planning" for e in events)
+    assert not [e for e in events if e.kind == PHASE_SHIFT]

@@ -116,6 +116,10 @@ class HealthMonitor:
         """An explosion or collapse is in progress or has not cleared since it fired."""
         return any(self._runs[k] or not self._armed[k] for k in _FREEZING)
 
+    def unhealthy_in(self, kinds: tuple[str, ...]) -> bool:
+        """An alarm of one of ``kinds`` is in progress or has not cleared since it fired."""
+        return any(self._runs[k] or not self._armed[k] for k in kinds)
+
     # -- readings ----------------------------------------------------------------------
     @property
     def statistic(self) -> float:

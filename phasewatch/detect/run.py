@@ -15,8 +15,19 @@ from phasewatch.detect.config import EXECUTION_SERIES, HEALTH_SERIES, PLANNING_S
 from phasewatch.detect.health import HealthMonitor
 from phasewatch.detect.phase import PhaseStateMachine
 from phasewatch.detect.shift import PhaseShiftDetector
-from phasewatch.events import EXECUTION, PHASE_SHIFT, DetectorReading, Event
+from phasewatch.events import (
+    ENTROPY_COLLAPSE,
+    ENTROPY_EXPLOSION,
+    EXECUTION,
+    PHASE_SHIFT,
+    DetectorReading,
+    Event,
+)
 from phasewatch.record import StepRecord
+
+#: Health alarms that hold the phase shift back (see ``RunDetector._shift_blocked``).
+_BLOCKING: tuple[str, ...] = (ENTROPY_EXPLOSION,)
+_BLOCKING_IN_PLANNING: tuple[str, ...] = (ENTROPY_EXPLOSION, ENTROPY_COLLAPSE)
 
 #: Record field carrying the policy's vocabulary size (optional).
 VOCAB_FIELD = "vocab_size"
@@ -95,7 +106,7 @@ class RunDetector:
         events = self._health_events(values, step)
         per_class = any(values.get(n) is not None for n in PLANNING_SERIES + EXECUTION_SERIES)
         self._machine.observe(step, per_class)
-        blocked = any(mon.unhealthy for mon in self._health.values())
+        blocked = self._shift_blocked()
         finding = self._shift.update(values, step, blocked=blocked or self._machine.phase != EXECUTION)
         if finding is not None and self._machine.shift(step, finding.onset):
             events.append(Event(PHASE_SHIFT, step, min(finding.onset, step), finding.series,
@@ -103,6 +114,21 @@ class RunDetector:
                                 finding.detail))
         self._events.extend(events)
         return events
+
+    def _shift_blocked(self) -> bool:
+        """Whether a health alarm holds the phase shift back.
+
+        An explosion anywhere does: a diverging policy is not planning taking over. A collapse
+        does only on a planning series (a planning signal climbing out of a collapse is a
+        recovery, not a new phase). A collapse of execution or all-token entropy does not:
+        that is execution consolidating, which is what precedes the shift, and it never clears
+        afterwards, so blocking on it would hide every later shift of the run.
+        """
+        for name, mon in self._health.items():
+            kinds = _BLOCKING_IN_PLANNING if name in PLANNING_SERIES else _BLOCKING
+            if mon.unhealthy_in(kinds):
+                return True
+        return False
 
     def _health_events(self, values: Mapping[str, float], step: int) -> list[Event]:
         events: list[Event] = []
