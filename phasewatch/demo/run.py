@@ -487,5 +487,8 @@ def summary_lines(report: dict[str, Any], out: Path) -> list[str]:
         )
     lines.append(f"  report: {out / 'report.png'}  {out / 'report.html'}  {out / 'report.json'}")
     lines.append(f"  replay the store: phasewatch replay {out / STORE_NAME}")
-    lines.append(f"  mine strategic grams from its rollouts: phasewatch grams mine {out / ROLLOUTS_NAME}")
+    lines.append(
+        f"  mine strategic grams from its rollouts: phasewatch grams mine {out / ROLLOUTS_NAME}"
+        " (the default embedder needs phasewatch[grams]; --embedder hashing needs nothing)"
+    )
     return lines
