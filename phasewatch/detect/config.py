@@ -91,7 +91,9 @@ class DetectionConfig:
     start_window / start_t: during the first ``start_window`` steps of a run whose execution
         entropy has not fallen, a straight line through each planning series from the first
         step is tested jointly against ``start_t`` (a run without an execution phase); so is a
-        turn within its first ``start_knots`` steps.
+        turn within its first ``start_knots`` steps. ``start_scan_every``: steps between two
+        scans during those first steps (a shift from the start has a short tolerance, and the
+        scans of a young run cost little over the whole run).
     level_ratio / level_fraction: a level shift is a recent median ``level_ratio`` times
         above or below the baseline median, with ``level_fraction`` of the recent values
         beyond the baseline's 90th (10th) percentile.
@@ -143,7 +145,8 @@ class DetectionConfig:
     consolidation_drop: float = 0.20
     consolidation_z: float = 6.0
     start_window: int = 50
-    start_t: float = 3.0
+    start_t: float = 2.5
+    start_scan_every: int = 1
     start_knots: int = 12
     level_ratio: float = 2.0
     level_fraction: float = 0.8
@@ -170,7 +173,7 @@ class DetectionConfig:
             raise ValueError(f"window: must be >= 32 steps, got {self.window}")
         if self.confirm_window < 32:
             raise ValueError(f"confirm_window: must be >= 32 steps, got {self.confirm_window}")
-        for name in ("scan_every", "scan_every_open", "confirm_scans"):
+        for name in ("scan_every", "scan_every_open", "start_scan_every", "confirm_scans"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.confirm_pre < 6:

@@ -6,8 +6,9 @@ departures are fused (:class:`~phasewatch.detect.fusion.EvidenceFusion`) into on
 execution series feeds a :class:`~phasewatch.detect.consolidation.ConsolidationTracker`, and
 aligned, spike-filtered windows of every series are kept. The CUSUMs are the cheap gate and
 the dashboard readings; the decision is a *scan*, every ``scan_every_open`` steps while the
-gate is open, every ``scan_every`` steps while the run is young or has consolidated (and on
-the very next step after a scan passed: ``confirm_scans`` scans in a row must agree).
+gate is open, every ``scan_every`` steps once execution has consolidated, every
+``start_scan_every`` steps while the run is young (and on the very next step after a scan
+passed: ``confirm_scans`` scans in a row must agree).
 
 **Bend.** Every candidate knot of the last ``confirm_window`` steps is fitted at once on every
 series (:func:`~phasewatch.detect.confirm.hinge_scan_many`: a one-knot line on a local
@@ -94,6 +95,9 @@ class _AlignedWindows:
         self.clean = {n: deque(maxlen=size) for n in names}
         self.recent = {n: deque(maxlen=2 * half_width + 1) for n in names}  # (record index, value)
         self.count = 0
+        # series whose values arrived before they had a noise scale (the first steps of a
+        # run): those values are judged once, when the scale first appears (_catch_up)
+        self.unjudged = set(names)
 
     def push(self, step: int, values: Mapping[str, float], scales: Mapping[str, float]) -> None:
         index = self.count
@@ -114,6 +118,9 @@ class _AlignedWindows:
             scale = scales.get(name)
             if not scale:
                 continue
+            if name in self.unjudged:
+                self.unjudged.discard(name)
+                self._catch_up(name, scale)
             middle_index, middle = recent[h]
             window = [v for _, v in recent]
             # the median lies between the window's extremes: when the middle value is within
@@ -125,6 +132,30 @@ class _AlignedWindows:
             back = self.count - middle_index
             if abs(middle - median) > limit and back <= len(clean):
                 clean[-back] = median
+
+    def _catch_up(self, name: str, scale: float) -> None:
+        """Judge the values of ``name`` that arrived before it had a noise scale (once, O(size)).
+
+        A spike in the first steps of a run would otherwise stay in the windows for good, and
+        a least-squares line from the first step (a run without an execution phase) chases
+        it: its residuals, hence its noise, come out several times too large. The first
+        ``half_width`` values are judged against the first full neighbourhood; the newest
+        ``half_width - 1`` are left to the running filter."""
+        clean = self.clean[name]
+        at = [i for i, v in enumerate(clean) if v == v]
+        h = self.half_width
+        width = 2 * h + 1
+        if len(at) < width:
+            return
+        raw = [clean[i] for i in at]
+        limit = self.k * scale
+        # every value up to (excluding) the middle of the newest full neighbourhood, which
+        # the running filter judges next
+        for j in range(len(at) - h - 1):
+            lo = min(max(j - h, 0), len(at) - width)
+            median = _median(raw[lo:lo + width])
+            if abs(raw[j] - median) > limit:
+                clean[at[j]] = median
 
     def arrays(self, scales: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values (series x steps)), the newest values of each series filtered too."""
@@ -220,6 +251,10 @@ class PhaseShiftDetector:
             return None
         # a scan that passed is re-checked on the very next step (confirm_scans), others wait
         every = cfg.scan_every_open if self.gate_open() else cfg.scan_every
+        if young:
+            # a run without an execution phase is judged from its first steps, where every
+            # step of delay counts against a short tolerance and a scan costs little overall
+            every = min(every, cfg.start_scan_every)
         due = (self._streak > 0 or self._last_scan_step is None or step - self._last_scan_step >= every)
         if not due:
             return None
