@@ -7,8 +7,7 @@ so ``phasewatch.hooks.Watcher`` works without TRL or verl installed.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from phasewatch._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "Watcher": "phasewatch.hooks.torch",
@@ -22,14 +21,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'phasewatch.hooks' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
