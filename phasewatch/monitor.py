@@ -443,12 +443,7 @@ class Monitor:
         if self._closed:
             raise ValueError("monitor: closed")
         validate_run_id(run)
-        recs = []
-        for i, record in enumerate(records):
-            try:
-                recs.append(coerce_record(None, record))
-            except ValueError as exc:
-                raise ValueError(f"record {i}: {exc}") from None
+        recs = _coerce_records(records)
         if not recs:
             return []
         return self._observe(run, recs, schedule, started)
@@ -514,12 +509,7 @@ class Monitor:
         for index, (run, records) in enumerate(batches):
             try:
                 validate_run_id(run)
-                recs = []
-                for i, record in enumerate(records):
-                    try:
-                        recs.append(coerce_record(None, record))
-                    except ValueError as exc:
-                        raise ValueError(f"record {i}: {exc}") from None
+                recs = _coerce_records(records)
             except ValueError as exc:
                 results[index] = exc
                 continue
@@ -805,3 +795,14 @@ class Monitor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _coerce_records(records: Iterable[Any]) -> list[StepRecord]:
+    """Records of one request as ``StepRecord``s; a bad one is a ValueError naming its index."""
+    recs = []
+    for i, record in enumerate(records):
+        try:
+            recs.append(coerce_record(None, record))
+        except ValueError as exc:
+            raise ValueError(f"record {i}: {exc}") from None
+    return recs
