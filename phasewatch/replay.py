@@ -433,7 +433,7 @@ class ReplayResult:
             "phase": self.phase,
             "shift_step": self.shift_step,
             "alpha": self.alpha,
-            "events": [_jsonable(e.to_json()) for e in self.events],
+            "events": [jsonable(e.to_json()) for e in self.events],
             "source": str(self.source.path),
             "format": self.source.format,
             "columns": dict(self.source.columns),
@@ -444,16 +444,16 @@ class ReplayResult:
         }
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Strict JSON: non-finite floats become strings ("inf", "nan") rather than invalid tokens."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if hasattr(value, "item"):
-        return _jsonable(value.item())
+        return jsonable(value.item())
     return value
 
 

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 from phasewatch.demo.corpus import KINDS, PLANS, SOLVING_PLAN
 from phasewatch.events import PHASE_SHIFT, Event
 from phasewatch.record import StepRecord
+from phasewatch.replay import jsonable
 
 #: Steps averaged for the "first" and "last" level of a series in the summary.
 EDGE_STEPS = 20
@@ -195,7 +196,7 @@ def write_report(
         last_logged = logs_by_step[max(logs_by_step)].get("phasewatch/phase")
         if shift is None and last_logged is not None:
             phase = names.get(int(last_logged), phase)
-    shift_json = None if shift is None else _clean(shift.to_json())
+    shift_json = None if shift is None else jsonable(shift.to_json())
     report: dict[str, Any] = {
         "run": run,
         "store": str(Path(store_path)),
@@ -205,7 +206,7 @@ def write_report(
         "phase": phase,
         "phase_shift": shift_json,
         "reweighting_from_step": reweight_from,
-        "events": [_clean(e.to_json()) for e in events],
+        "events": [jsonable(e.to_json()) for e in events],
         "series": levels,
         "plans": {"first": plan_table(outcomes, True), "last": plan_table(outcomes, False), "window": PLAN_WINDOW},
         "alpha": [[s, logs_by_step[s].get("phasewatch/alpha", 0.0)] for s in sorted(logs_by_step)],
@@ -222,17 +223,6 @@ def write_report(
     (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     (out / "report.html").write_text(render_html(report, png if records else None), encoding="utf-8")
     return report
-
-
-def _clean(value: Any) -> Any:
-    """JSON without NaN/inf (strict parsers reject them)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
 
 
 def _num(value: Any) -> str:
