@@ -146,9 +146,6 @@ LENGTHS: dict[str, tuple[int, int]] = {
     "collapse": (150, 400),
     "explosion": (150, 400),
 }
-#: Series that spike together when a batch is odd.
-_SPIKY = ("entropy", "entropy/planning", "entropy/execution", "entropy/execution/std",
-          "nll/planning", "nll/execution")
 
 
 @dataclass(frozen=True)

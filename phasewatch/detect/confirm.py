@@ -10,7 +10,8 @@ values of a series to say *where* it began and how large it is. It runs on candi
   ``CostCLinear``, draws each segment's line through two single samples, so one noisy sample
   moves the knot; its ``Dynp`` search also costs ~8 ms for 256 values against ~0.1 ms here.
   ``benchmarks/bench_detect.py`` measures both.)
-* :func:`hinge_scan`: the same one-knot fit for *every* candidate knot of a window at once,
+* :func:`hinge_scan_many`: the same one-knot fit for *every* candidate knot of a window at once,
+  for several series observed on the same steps,
   each fitted on a local stretch (``pre`` steps before its knot to the end), vectorised with
   prefix sums and batched 3x3 solves. Local, because a long stretch before the knot makes a
   straight "before" line cut through the curve of a consolidating (decaying) series, and the
@@ -155,23 +156,11 @@ class HingeScan:
     rise_sd: np.ndarray
 
 
-def hinge_scan(steps: np.ndarray, y: np.ndarray, knots: np.ndarray, noise: NoiseModel, *,
-               pre: float = 24.0, end: float | None = None) -> HingeScan:
-    """Least-squares fits ``y ~ a + b (t - k) + c (t - k)+`` on ``t >= k - pre`` for every knot
-    ``k`` in ``knots`` (steps, any spacing), all at once. O(len(knots) + len(y)). NaN values
-    are missing observations."""
-    y = np.asarray(y, dtype=float)
-    out = hinge_scan_many(steps, y[None, :], knots, np.array([noise.long_run_sd]), np.array([noise.sd]),
-                          pre=pre, end=end)
-    return HingeScan(out.knots, *(getattr(out, f)[0] for f in
-                                  ("level", "slope_before", "slope_after", "t_after", "t_change",
-                                                   "relative_rise", "rise_sd")))
-
-
 def hinge_scan_many(steps: np.ndarray, ys: np.ndarray, knots: np.ndarray, long_run_sd: np.ndarray,
                     sd: np.ndarray, *, pre: float = 24.0, end: float | None = None) -> HingeScan:
-    """:func:`hinge_scan` for several series observed on the same steps at once: ``ys`` is
-    (series, steps) with NaN where a series has no value; ``long_run_sd`` and ``sd`` give each
+    """Least-squares fits ``y ~ a + b (t - k) + c (t - k)+`` on ``t >= k - pre`` for every knot
+    ``k`` in ``knots`` (steps, any spacing), all at once, O(len(knots) + len(steps)), for
+    several series observed on the same steps: ``ys`` is (series, steps) with NaN where a series has no value; ``long_run_sd`` and ``sd`` give each
     series' noise. The fields of the result are (series, knots) arrays (``knots`` 1-d).
 
     Missing values are zero-weighted in every sum, so each series is fitted on its own

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from phasewatch.detect.robust import MAX_PHI, hampel, robust_sd
+from phasewatch.detect.robust import MAX_PHI, detrended_differences, hampel, robust_sd
 
 
 @dataclass(frozen=True)
@@ -98,9 +98,7 @@ class ConsolidationTracker:
         phi = min(max(phi, 0.0), MAX_PHI)
         y = np.fromiter(self.values, dtype=float, count=len(self.values))
         t = np.fromiter(self.steps, dtype=float, count=len(self.steps))
-        d = np.diff(y)
-        if d.size >= 5:
-            d = d - np.convolve(np.pad(d, 2, mode="edge"), np.full(5, 0.2), mode="valid")
+        d = detrended_differences(y, 5)
         sd = robust_sd(d) / math.sqrt(2.0 * (1.0 - phi))
         sd = max(sd, 1e-3 * abs(self.early), 1e-12)
         long_run = sd * math.sqrt((1.0 + phi) / (1.0 - phi))

@@ -114,7 +114,7 @@ class HealthMonitor:
     @property
     def unhealthy(self) -> bool:
         """An explosion or collapse is in progress or has not cleared since it fired."""
-        return any(self._runs[k] or not self._armed[k] for k in _FREEZING)
+        return self.unhealthy_in(_FREEZING)
 
     def unhealthy_in(self, kinds: tuple[str, ...]) -> bool:
         """An alarm of one of ``kinds`` is in progress or has not cleared since it fired."""

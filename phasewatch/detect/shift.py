@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -54,13 +55,13 @@ import numpy as np
 
 from phasewatch.detect.config import (EXECUTION_SERIES, LENGTH_SERIES, PLANNING_FAMILIES, PLANNING_SERIES,
                                       DetectionConfig)
-from phasewatch.detect.confirm import LineFit, hinge_scan_many, line_fit, residual_noise
+from phasewatch.detect.confirm import hinge_scan_many, line_fit, residual_noise
 from phasewatch.detect.consolidation import ConsolidationState, ConsolidationTracker
 from phasewatch.detect.cusum import Cusum
 from phasewatch.detect.fusion import EvidenceFusion
 from phasewatch.detect.rise import RiseDetector
 from phasewatch.detect.robust import (MAX_PHI, PHI_MARGIN, PRIOR_PHI, NoiseModel, SeriesWindow,
-                                      pool_phi, with_phi)
+                                      hampel, pool_phi, with_phi)
 
 
 @dataclass(frozen=True)
@@ -144,18 +145,13 @@ class _AlignedWindows:
         clean = self.clean[name]
         at = [i for i, v in enumerate(clean) if v == v]
         h = self.half_width
-        width = 2 * h + 1
-        if len(at) < width:
+        if len(at) < 2 * h + 1:
             return
-        raw = [clean[i] for i in at]
-        limit = self.k * scale
+        filtered = hampel(np.array([clean[i] for i in at]), scale, k=self.k, half_width=h)
         # every value up to (excluding) the middle of the newest full neighbourhood, which
         # the running filter judges next
         for j in range(len(at) - h - 1):
-            lo = min(max(j - h, 0), len(at) - width)
-            median = _median(raw[lo:lo + width])
-            if abs(raw[j] - median) > limit:
-                clean[at[j]] = median
+            clean[at[j]] = float(filtered[j])
 
     def arrays(self, scales: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values (series x steps)), the newest values of each series filtered too."""
@@ -246,11 +242,12 @@ class PhaseShiftDetector:
             return None
         cfg = self.config
         young = step - self._first_step <= cfg.start_window
-        if not (young or self.consolidation.fell or self.gate_open()):
+        gate_open = self.gate_open()
+        if not (young or self.consolidation.fell or gate_open):
             self._streak = 0
             return None
         # a scan that passed is re-checked on the very next step (confirm_scans), others wait
-        every = cfg.scan_every_open if self.gate_open() else cfg.scan_every
+        every = cfg.scan_every_open if gate_open else cfg.scan_every
         if young:
             # a run without an execution phase is judged from its first steps, where every
             # step of delay counts against a short tolerance and a scan costs little overall
@@ -259,11 +256,10 @@ class PhaseShiftDetector:
         if not due:
             return None
         self._last_scan_step = step
-        was_open = self.gate_open()
         finding = self._scan(step)
         if finding is None or blocked:
             self._streak = 0
-            if was_open:
+            if gate_open:
                 self._rearm()
             if finding is not None:
                 self.last_scan = {"reason": "health alarm active", "step": step}
@@ -355,11 +351,6 @@ class PhaseShiftDetector:
         idx = [self.fusion.index[n] for n in names]
         corr = self.fusion.correlation[np.ix_(idx, idx)]
         return math.sqrt(max(float(corr.sum()), 1.0))
-
-    def _joint(self, stats: dict[str, np.ndarray]) -> np.ndarray:
-        """Sum of the series' t statistics over the standard deviation of that sum."""
-        total = np.sum([np.where(np.isnan(v), -math.inf, v) for v in stats.values()], axis=0)
-        return total / self._joint_scale(list(stats))
 
     def _bend(self, step: int, steps: np.ndarray, rows: dict, noise: dict, planning: list[str],
               execution: str | None, length: str | None, state: ConsolidationState | None
@@ -530,12 +521,11 @@ class PhaseShiftDetector:
         rho = rho + PHI_MARGIN / math.sqrt(max(weight, 1.0))
         # a short fit absorbs slow wander into its line, so its residuals understate strong
         # autocorrelation: never go below the running estimate from the series' own history
-        models = [self.noise[n].noise for n in PLANNING_SERIES if self.noise[n].noise is not None]
-        if models:
-            rho = max(rho, self.config.refit_floor * self._phi())
+        # (a scan only runs with at least one planning series' noise known)
+        phi = self._phi()
+        rho = max(rho, self.config.refit_floor * phi)
         rho = min(max(rho, 0.0), MAX_PHI)
         factor = math.sqrt((1.0 + rho) / (1.0 - rho))
-        phi = self._phi()
         out_a, out_c = [], []
         for name, r, ta, tc in zip(planning, residual, t_after, t_change):
             ta = -math.inf if ta != ta else ta
@@ -568,9 +558,8 @@ class PhaseShiftDetector:
             fit = fits[name]
             residual.append(residual_noise(y - (fit.start + fit.slope * (steps - steps[0]))))
         t_line, _ = self._rescale(names, residual, [fits[n].t for n in names], [fits[n].t for n in names])
-        fits = {n: LineFit(f.slope, float(tn), f.start, f.end, f.relative_rise)
-                for (n, f), tn in zip(fits.items(), t_line)}
-        joint = float(self._joint({n: np.array([f.t]) for n, f in fits.items()})[0])
+        fits = {n: dataclasses.replace(f, t=float(tn)) for (n, f), tn in zip(fits.items(), t_line)}
+        joint = sum(f.t for f in fits.values()) / self._joint_scale(names)
         need = cfg.start_t if len(fits) > 1 else max(cfg.start_t, cfg.confirm_t_alone)
         rising = sorted(n for n, f in fits.items() if f.t >= cfg.confirm_t_single)
         rel = max((fits[n].relative_rise for n in rising), default=-math.inf)
