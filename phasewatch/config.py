@@ -20,7 +20,7 @@ REWEIGHT_MODES: tuple[str, ...] = ("auto", "always", "off")
 #: Default size cap of a rollout dump (``Config.rollouts_max_bytes``): 1 GiB per file, about
 #: 500,000 completions of 2,000 characters; later steps are skipped (counted), not written.
 DEFAULT_ROLLOUTS_MAX_BYTES = 1 << 30
-#: Health alarms that pause reweighting by default (same as ``ReweightSchedule``'s default).
+#: Health alarms that pause reweighting by default (``Config`` and ``ReweightSchedule`` both).
 DEFAULT_PAUSE_ON: tuple[str, ...] = ("entropy_explosion",)
 
 

@@ -17,13 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from phasewatch.config import REWEIGHT_MODES
+from phasewatch.config import DEFAULT_PAUSE_ON, REWEIGHT_MODES
 
 if TYPE_CHECKING:  # torch stays out of the import path of the CLI and the service
     import torch
-
-#: Health alarms that pause reweighting (see :class:`ReweightSchedule`).
-DEFAULT_PAUSE_ON: tuple[str, ...] = ("entropy_explosion",)
 
 
 def _check_alpha(alpha: Any) -> float:

@@ -39,7 +39,6 @@ already has the texts), their rewards and the step go to a JSON-lines file throu
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import logging
 from collections import Counter
@@ -50,6 +49,7 @@ from typing import Any, Callable, Mapping, TypeVar
 import torch
 
 from phasewatch.config import Config
+from phasewatch.reweight import ReweightSchedule
 from phasewatch.events import EXECUTION, PLANNING, WARMUP, Decision
 from phasewatch.record import StepRecord
 
@@ -184,7 +184,7 @@ class Watcher:
         self.config = config
         self.tokenizer = tokenizer
         self.labeler = labeler if labeler is not None else PlanningLabeler(config.lexicon)
-        self.schedule = schedule_from_config(config)
+        self.schedule = ReweightSchedule.from_config(config)
         self.group = group
         self.failures = FailOpen(strict=strict)
         self._client = client
@@ -657,14 +657,6 @@ class Watcher:
 _FAILED = object()  # FailOpen's default: tells a failed call from one that returned None
 
 
-def schedule_from_config(config: Config) -> Any:
-    """The run's ``ReweightSchedule``: reweight mode, alpha, ramp and the pause settings."""
-    from phasewatch.reweight import ReweightSchedule
-
-    schedule = ReweightSchedule.from_config(config)
-    return dataclasses.replace(schedule, pause_on=tuple(config.pause_on), pause_steps=config.pause_steps)
-
-
 def rollouts_path(path: str | Path, world_size: int, rank: int) -> Path:
     """Where this rank writes its rollouts: ``path`` itself with one process; with several,
     ``.rank{N}`` before the extension (``rollouts.jsonl.gz`` -> ``rollouts.rank1.jsonl.gz``),
@@ -727,5 +719,4 @@ __all__ = [
     "decode_completions",
     "distributed_world",
     "rollouts_path",
-    "schedule_from_config",
 ]
