@@ -117,40 +117,25 @@ def watch_padded_batch(
         return None, 0.0
     planning = labels.planning_mask
     rows = torch.ones(responses.shape[0], dtype=torch.bool) if keep is None else keep.bool().cpu()
-    if watch.config.save_rollouts is not None and bool(rows.any()):
-        watch.failures.call("rollouts", _save_padded_rollouts, watch, responses, response_mask, token_scores, rows, step)
     if bool(rows.any()):
         index = rows.nonzero().squeeze(1).to(responses.device)
-        ent = entropy if entropy is not None else torch.full(responses.shape, float("nan"))
+        mask = response_mask.index_select(0, index)
         rewards = None if token_scores is None else (token_scores * response_mask).sum(dim=-1)
+        rewards = None if rewards is None else rewards.index_select(0, index.to(rewards.device))
+        if watch.config.save_rollouts is not None:
+            watch.save_rollouts([float("nan")] * len(index) if rewards is None else rewards,
+                                completion_ids=responses.index_select(0, index), completion_mask=mask, step=step)
+        ent = entropy if entropy is not None else torch.full(responses.shape, float("nan"))
         watch.observe(
             ent.index_select(0, index.to(ent.device)),
-            response_mask.index_select(0, index),
+            mask,
             planning.index_select(0, index.to(planning.device)),
             logps=None if old_log_probs is None else old_log_probs.index_select(0, index.to(old_log_probs.device)),
-            rewards=None if rewards is None else rewards.index_select(0, index.to(rewards.device)),
+            rewards=rewards,
             phrases=[labels.phrases[i] for i in index.tolist()],
         )
     new, alpha = watch.reweight(advantages, planning)
     return (new if alpha > 0.0 else None), alpha
-
-
-def _save_padded_rollouts(
-    watch: Watcher,
-    responses: torch.Tensor,
-    response_mask: torch.Tensor,
-    token_scores: torch.Tensor | None,
-    rows: torch.Tensor,
-    step: int | None,
-) -> int:
-    index = rows.nonzero().squeeze(1)
-    ids = responses.index_select(0, index.to(responses.device))
-    mask = response_mask.index_select(0, index.to(response_mask.device))
-    if token_scores is None:
-        rewards = [float("nan")] * len(index)
-    else:
-        rewards = (token_scores * response_mask).sum(dim=-1).index_select(0, index.to(token_scores.device))
-    return watch.save_rollouts(rewards, completion_ids=ids, completion_mask=mask, step=step)
 
 
 def _build_trainer_class() -> type:
