@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-PACKAGES = ("phasewatch", "phasewatch.hooks", "phasewatch.grams")
+PACKAGES = ("phasewatch", "phasewatch.hooks", "phasewatch.grams", "phasewatch.demo")
 
 
 @pytest.mark.parametrize("package", PACKAGES)

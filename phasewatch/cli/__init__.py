@@ -67,13 +67,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        # The reader went away (``phasewatch replay ... | head``): not an error. Point stdout
-        # at devnull so the interpreter's final flush does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # The reader went away (``phasewatch replay ... | head``): not an error.
+        _silence_stdout()
         return 0
     except (ValueError, OSError) as exc:
         print(f"{command_parser.prog}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def write_stdout(text: str) -> int:
+    """Write a command's output; a reader that stops early (``| head``) is not an error, and
+    the command goes on (its summary on stderr still appears)."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+    return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,8 +57,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--datasource-uid", default=None, help="default uid of the $datasource variable")
     export.set_defaults(func=_export)
 
-    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
-
 
 def _model_kwargs(args: argparse.Namespace) -> dict:
     kwargs = {}

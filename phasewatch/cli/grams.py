@@ -89,12 +89,6 @@ def register(subparsers: Any) -> None:
     mine.add_argument("--json", action="store_true", help="print a JSON summary on stdout (needs --out)")
     mine.add_argument("--quiet", action="store_true", help="no progress bars or summary on stderr")
     mine.set_defaults(func=run_mine)
-    grams.set_defaults(func=lambda args: _help(grams))
-
-
-def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 #: MiningConfig field -> the option that sets it (errors name what the user typed)
@@ -134,7 +128,7 @@ def option_message(message: str) -> str:
 
 
 def run_mine(args: argparse.Namespace) -> int:
-    from phasewatch.cli.replay import write_stdout
+    from phasewatch.cli import write_stdout
     from phasewatch.grams.mine import MiningConfig, mine_strategic_grams
     from phasewatch.grams.rollouts import iter_rollouts
 

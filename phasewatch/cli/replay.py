@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
+
+from phasewatch.cli import write_stdout
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -66,14 +66,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         text = format_report(result) + "\n" + (f"plot: {args.plot}\n" if args.plot else "")
     return write_stdout(text)
-
-
-def write_stdout(text: str) -> int:
-    """Write the command's output; a reader that stops early (``| head``) is not an error."""
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # point stdout at /dev/null so the interpreter's final flush does not fail again
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0

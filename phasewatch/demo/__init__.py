@@ -9,14 +9,10 @@ Importing this package is cheap; torch, TRL and matplotlib load when the demo ru
 
 from __future__ import annotations
 
-from typing import Any
+from phasewatch._lazy import lazy_exports
 
-__all__ = ["DemoConfig", "DemoResult", "run_demo"]
+_EXPORTS: dict[str, str] = {name: "phasewatch.demo.run" for name in ("DemoConfig", "DemoResult", "run_demo")}
 
+__all__ = sorted(_EXPORTS)
 
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from phasewatch.demo import run
-
-        return getattr(run, name)
-    raise AttributeError(f"module 'phasewatch.demo' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
