@@ -50,7 +50,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 from phasewatch.events import Decision
 from phasewatch.store import StoreError
@@ -194,7 +194,6 @@ class GroupCommitter:
             raise ValueError(f"max_group_records: must be >= 1, got {max_group_records!r}")
         self.monitor = monitor
         self.max_group_records = int(max_group_records)
-        self._observe_batches = getattr(monitor, "observe_batches", None)
         self._jobs: deque[tuple[str, Sequence[Any], asyncio.Future, asyncio.AbstractEventLoop]] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
@@ -250,15 +249,7 @@ class GroupCommitter:
         """An :class:`Ingested` or an exception, per request of the group."""
         stored_before = [_stored_steps(self.monitor, run, records) for run, records, _, _ in group]
         try:
-            if self._observe_batches is not None:
-                results = list(self._observe_batches([(run, records) for run, records, _, _ in group]))
-            else:
-                results = []  # a monitor without group commit: one transaction per request
-                for run, records, _, _ in group:
-                    try:
-                        results.append(list(self.monitor.observe_many(run, list(records))))
-                    except Exception as exc:  # noqa: BLE001 - this request only
-                        results.append(exc)
+            results = self.monitor.observe_batches([(run, records) for run, records, _, _ in group])
         except Exception as exc:  # noqa: BLE001 - the commit failed: no request of the group is stored
             return [exc] * len(group)
         # A step is a duplicate when it was stored before the group, or by an earlier request
@@ -376,6 +367,17 @@ def error_for(exc: BaseException, max_body_bytes: int) -> tuple[int, str, str | 
     return 500, f"internal error: {type(exc).__name__}", None
 
 
+async def _asgi_body(receive: Any) -> AsyncIterator[bytes]:
+    """The chunks of an ASGI request body, as ``receive`` delivers them."""
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away mid-body
+            raise PayloadError("body", "the client disconnected before the body was complete", status=400)
+        yield message.get("body", b"")
+        more = message.get("more_body", False)
+
+
 def _json_bytes(data: Any) -> bytes:
     return json.dumps(json_safe(data), separators=(",", ":"), allow_nan=False, default=str).encode("utf-8")
 
@@ -465,16 +467,20 @@ def create_app(
         if size > max_body_bytes:
             raise _BodyTooLarge()
 
-    async def read_body(request: Request) -> bytes:
-        check_length(request.headers.get("content-length"))
-        chunks: list[bytes] = []
+    async def collect_body(chunks: AsyncIterator[bytes]) -> bytes:
+        """The whole body, refused as soon as it grows past ``max_body_bytes``."""
+        parts: list[bytes] = []
         received = 0
-        async for chunk in request.stream():
+        async for chunk in chunks:
             received += len(chunk)
             if received > max_body_bytes:
                 raise _BodyTooLarge()
-            chunks.append(chunk)
-        return b"".join(chunks)
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def read_body(request: Request) -> bytes:
+        check_length(request.headers.get("content-length"))
+        return await collect_body(request.stream())
 
     async def read_json(request: Request) -> Any:
         return decode_json(await read_body(request))
@@ -508,20 +514,7 @@ def create_app(
                 elif name == _DROPPED_HEADER_BYTES:
                     dropped = value.decode("latin-1")
             check_length(length)
-            chunks: list[bytes] = []
-            received = 0
-            more = True
-            while more:
-                message = await receive()
-                if message["type"] != "http.request":  # the client went away mid-body
-                    raise PayloadError("body", "the client disconnected before the body was complete", status=400)
-                chunk = message.get("body", b"")
-                received += len(chunk)
-                if received > max_body_bytes:
-                    raise _BodyTooLarge()
-                chunks.append(chunk)
-                more = message.get("more_body", False)
-            status, data = 200, await ingest(run, b"".join(chunks), dropped)
+            status, data = 200, await ingest(run, await collect_body(_asgi_body(receive)), dropped)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an answer
             status, message, field = error_for(exc, max_body_bytes)
             log_failure("POST", STEPS_ROUTE, exc, status)
