@@ -330,8 +330,7 @@ class PrometheusExporter:
         load that is most of the exporter's cost. What a scrape shows is exactly what
         updating every gauge on every observation would have shown."""
         run = observation.run
-        if run not in self._runs:
-            self._ensure_run(run)
+        self._ensure_run(run)
         self._child(self.update_latency, (run,)).observe(max(0.0, float(observation.latency_s)))
         for event in observation.decision.events:
             self._child(self.events, (run, event.kind)).inc()
@@ -516,6 +515,8 @@ class PrometheusExporter:
 
     def _ensure_run(self, run: str) -> None:
         """Create a run's counters at zero on first sight, so ``increase()`` sees the first event."""
+        if run in self._runs:  # the common case, without the lock (the locked check decides)
+            return
         with self._lock:
             if run in self._runs:
                 return

@@ -170,9 +170,6 @@ class _ListenerWorker:
         )
         self._thread.start()
 
-    def submit(self, observation: Observation) -> None:
-        self.submit_many((observation,))
-
     def submit_many(self, observations: Sequence[Observation]) -> None:
         """Queue observations in order; what does not fit in the bound is dropped (counted)."""
         with self._has_work:
