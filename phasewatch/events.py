@@ -26,6 +26,11 @@ WARMUP = "warmup"
 EXECUTION = "execution"
 PLANNING = "planning"
 PHASES: tuple[str, ...] = (WARMUP, EXECUTION, PLANNING)
+#: Numeric code of each phase wherever a phase must be a number: the ``phasewatch/phase``
+#: trainer metric and Prometheus's ``phasewatch_phase`` (one table, so the two always agree).
+PHASE_CODES: dict[str, int] = {WARMUP: 0, EXECUTION: 1, PLANNING: 2}
+#: The phase name of each code.
+PHASE_NAMES: dict[int, str] = {code: name for name, code in PHASE_CODES.items()}
 
 
 @dataclass(frozen=True)

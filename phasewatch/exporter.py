@@ -39,16 +39,15 @@ from prometheus_client.exposition import make_wsgi_app, start_http_server
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import RestrictedRegistry
 
-from phasewatch.events import EVENT_KINDS, EXECUTION, PLANNING, WARMUP, Observation
+from phasewatch.events import EVENT_KINDS, PHASE_CODES, Observation
 
 log = logging.getLogger(__name__)
 
 #: Port the shipped ``dashboards/prometheus.yml`` scrapes for an in-process trainer.
 DEFAULT_METRICS_PORT = 9811
 
-#: Numeric code of each phase in ``phasewatch_phase`` (the dashboard maps them back to names).
+#: ``phasewatch_phase`` carries ``events.PHASE_CODES`` (the dashboard maps them back to names);
 #: ``-1`` stands for a phase name this version does not know.
-PHASE_CODES: dict[str, int] = {WARMUP: 0, EXECUTION: 1, PLANNING: 2}
 UNKNOWN_PHASE_CODE = -1
 
 #: Why a record can be lost before it reaches the monitor (label ``reason`` of

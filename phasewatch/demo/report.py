@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from phasewatch.demo.corpus import KINDS, PLANS, SOLVING_PLAN
-from phasewatch.events import PHASE_SHIFT, Event
+from phasewatch.events import PHASE_NAMES, PHASE_SHIFT, Event
 from phasewatch.record import StepRecord
 from phasewatch.replay import jsonable
 
@@ -190,12 +190,9 @@ def write_report(
     levels = series_levels(records)
     phase = "planning" if shift is not None else ("execution" if records else "warmup")
     if logs_by_step:
-        from phasewatch.hooks.torch import PHASE_CODES
-
-        names = {code: name for name, code in PHASE_CODES.items()}
         last_logged = logs_by_step[max(logs_by_step)].get("phasewatch/phase")
         if shift is None and last_logged is not None:
-            phase = names.get(int(last_logged), phase)
+            phase = PHASE_NAMES.get(int(last_logged), phase)
     shift_json = None if shift is None else jsonable(shift.to_json())
     report: dict[str, Any] = {
         "run": run,

@@ -31,6 +31,7 @@ from typing import Any, TextIO
 from phasewatch.demo.corpus import KINDS, PLANS, SOLVING_PLAN, WarmupCorpus
 from phasewatch.demo.task import DEFAULT_MIX, DemoReward, StepOutcomes
 from phasewatch.demo.warmup import WarmupSettings
+from phasewatch.events import PHASE_NAMES
 
 #: File names inside the output folder.
 STORE_NAME = "phasewatch.db"
@@ -108,10 +109,7 @@ STEP_HEADER = (
 def step_line(step: int, logs: dict[str, float], outcomes: StepOutcomes | None) -> str:
     """One line of the per-step table: phase in force, per-class entropy (nats), semantic
     entropy, HICRA alpha applied, mean reward and share of completions solved."""
-    from phasewatch.hooks.torch import PHASE_CODES
-
-    names = {code: name for name, code in PHASE_CODES.items()}
-    phase = names.get(int(logs.get("phasewatch/phase", -1)), "?")
+    phase = PHASE_NAMES.get(int(logs.get("phasewatch/phase", -1)), "?")
     solved = None if outcomes is None else outcomes.accuracy()
     return (
         f"{step:>5}  {phase:<9}  {_fmt(logs.get('phasewatch/entropy/execution')):>6}  "

@@ -50,16 +50,13 @@ import torch
 
 from phasewatch.config import Config
 from phasewatch.reweight import ReweightSchedule
-from phasewatch.events import EXECUTION, PLANNING, WARMUP, Decision
+from phasewatch.events import PHASE_CODES, Decision
 from phasewatch.record import StepRecord
 
 log = logging.getLogger("phasewatch.hooks")
 
 T = TypeVar("T")
 
-#: Numeric code of each phase in the ``phasewatch/phase`` trainer metric (same codes as the
-#: Prometheus exporter's ``phasewatch_phase``).
-PHASE_CODES: dict[str, int] = {WARMUP: 0, EXECUTION: 1, PLANNING: 2}
 
 #: Record fields mirrored into the trainer's own logs as ``phasewatch/<field>``.
 LOGGED_FIELDS: tuple[str, ...] = (
