@@ -221,9 +221,7 @@ def _checked_lexicon(value: Any) -> Any:
         )
     try:
         lexicon = Lexicon(value)
-    except TypeError as exc:
-        raise ValueError(f"lexicon: {exc}") from None
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"lexicon: {exc}") from None
     if not lexicon:
         raise ValueError("lexicon: no phrases given (an empty lexicon marks no token as planning)")
