@@ -63,12 +63,7 @@ def plan_table(outcomes: Any, first: bool, window: int = PLAN_WINDOW) -> dict[st
 
     batches = list(getattr(outcomes, "batches", []))
     chosen = batches[:window] if first else batches[-window:]
-    merged = StepOutcomes()
-    for b in chosen:
-        merged.solved.update(b.solved)
-        merged.total.update(b.total)
-        for kind, plans in b.plans.items():
-            merged.plans[kind].update(plans)
+    merged = StepOutcomes.merged(chosen)
     table: dict[str, Any] = {}
     for kind in KINDS:
         total = merged.total[kind]

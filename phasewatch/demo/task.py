@@ -24,7 +24,7 @@ import re
 import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from phasewatch.demo.corpus import (
     KINDS,
@@ -99,6 +99,17 @@ class StepOutcomes:
         total = self.total[kind]
         return None if total == 0 else self.plans[kind][plan] / total
 
+    @classmethod
+    def merged(cls, batches: Iterable["StepOutcomes"]) -> "StepOutcomes":
+        """The outcomes of several batches, summed."""
+        out = cls()
+        for b in batches:
+            out.solved.update(b.solved)
+            out.total.update(b.total)
+            for kind, plans in b.plans.items():
+                out.plans[kind].update(plans)
+        return out
+
 
 class DemoReward:
     """The reward function handed to TRL (``reward_funcs=[DemoReward()]``).
@@ -135,15 +146,9 @@ class DemoReward:
 
     def window(self, last: int) -> StepOutcomes:
         """Outcomes summed over the last ``last`` batches."""
-        out = StepOutcomes()
         with self._lock:
             batches = self.batches[-last:] if last > 0 else []
-        for b in batches:
-            out.solved.update(b.solved)
-            out.total.update(b.total)
-            for kind, plans in b.plans.items():
-                out.plans[kind].update(plans)
-        return out
+        return StepOutcomes.merged(batches)
 
 
 def prompt_rows(
